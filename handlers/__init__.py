@@ -1,0 +1,1 @@
+"""Built-in handlers, addressable by short name in ``--handler`` and in manifests."""

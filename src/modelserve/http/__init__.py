@@ -1,0 +1,1 @@
+"""Thin aiohttp adapters: one app per port, each mapping errors to JSON in one place."""

@@ -1,0 +1,99 @@
+"""Helpers shared by the REST apps: JSON responses, the error shape, reading request inputs."""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Optional
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..errors import BadRequestError, MethodNotAllowedError, ModelServeError, NotFoundError, RequestTooLargeError
+from ..types import Param
+
+JSON = "application/json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200, request_id: Optional[str] = None) -> web.Response:
+    headers = {"Content-Type": JSON}
+    if request_id:
+        headers["x-request-id"] = request_id
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers)
+
+
+def error_response(exc: ModelServeError, request_id: Optional[str] = None) -> web.Response:
+    resp = json_response(exc.to_dict(), exc.status, request_id)
+    if exc.status == 503:
+        resp.headers["Retry-After"] = "1"
+    return resp
+
+
+def not_found_route(request: web.Request) -> Awaitable[web.Response]:
+    async def respond() -> web.Response:
+        return error_response(NotFoundError("Requested resource is not found, please refer to API document."))
+    return respond()
+
+
+def methods(allowed: dict[str, Handler]) -> Handler:
+    """One route for every method: dispatch, or a JSON 405 (aiohttp's own 405 is not JSON)."""
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        handler = allowed.get(request.method)
+        if handler is None:
+            resp = error_response(MethodNotAllowedError(f"Method {request.method} is not allowed on this resource"))
+            resp.headers["Allow"] = ", ".join(sorted(allowed))
+            return resp
+        return await handler(request)
+
+    return dispatch
+
+
+def check_size(request: web.Request, limit: int) -> None:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RequestTooLargeError(f"Request body of {length} bytes exceeds max_request_size ({limit})")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    check_size(request, limit)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestTooLargeError(f"Request body exceeds max_request_size ({limit})") from None
+
+
+async def read_params(request: web.Request, limit: int) -> list[Param]:
+    """The request's inputs: the raw body as ``body``, or one Param per form field."""
+    ct = request.headers.get("Content-Type", "")
+    lower = ct.lower()
+    if lower.startswith("multipart/form-data"):
+        check_size(request, limit)
+        params = []
+        total = 0
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if part is None:
+                    break
+                data = await part.read(decode=False)  # type: ignore[union-attr]
+                total += len(data)
+                if total > limit:
+                    raise RequestTooLargeError(f"Request body exceeds max_request_size ({limit})")
+                part_ct = part.headers.get("Content-Type") or ("application/octet-stream" if part.filename else "text/plain")
+                params.append(Param(part.name or "data", part_ct, bytes(data)))
+        except (ValueError, AssertionError, RuntimeError) as exc:
+            raise BadRequestError(f"Malformed multipart body: {exc}") from None
+        return params
+    if lower.startswith("application/x-www-form-urlencoded"):
+        check_size(request, limit)
+        form = await request.post()
+        return [Param(k, "text/plain", str(v).encode()) for k, v in form.items()]
+    return [Param("body", ct or "application/octet-stream", await read_body(request, limit))]
+
+
+def flat_headers(headers: CIMultiDict) -> list[str]:
+    out: list[str] = []
+    for k, v in headers.items():
+        out.append(k.lower())
+        out.append(v)
+    return out

@@ -1,0 +1,158 @@
+"""The REST management API (port 8081): TorchServe's routes, parameters and shapes."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Optional
+
+import orjson
+from aiohttp import web
+
+from ..errors import BadRequestError, MethodNotAllowedError, ModelServeError
+from ..log import get_logger
+from ..registry import RegisterOptions
+from ..service import ManagementService
+from .common import error_response, json_response, methods
+
+log = get_logger()
+
+_INT_PARAMS = ("batch_size", "max_batch_delay", "initial_workers", "response_timeout", "startup_timeout")
+
+
+def _int(params: dict[str, Any], key: str) -> Optional[int]:
+    value = params.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadRequestError(f"Invalid value for parameter {key}: {value!r}") from None
+
+
+def _bool(params: dict[str, Any], key: str, default: bool) -> bool:
+    value = params.get(key)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).lower() == "true"
+
+
+def _guard(fn: Callable) -> Callable:
+    async def wrapped(self: "ManagementRoutes", request: web.Request) -> web.Response:
+        try:
+            return await fn(self, request)
+        except ModelServeError as exc:
+            return error_response(exc)
+    return wrapped
+
+
+class ManagementRoutes:
+    def __init__(self, service: ManagementService, enable_model_api: bool) -> None:
+        self.service = service
+        self.enable_model_api = enable_model_api
+        self._tasks: set[asyncio.Task] = set()
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        params: dict[str, Any] = dict(request.query)
+        if request.can_read_body and "json" in request.headers.get("Content-Type", "").lower():
+            raw = await request.read()
+            if raw.strip():
+                try:
+                    body = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise BadRequestError(f"Invalid JSON body: {exc}") from None
+                if not isinstance(body, dict):
+                    raise BadRequestError("The JSON body must be an object")
+                params.update(body)
+        return params
+
+    def _require_model_api(self) -> None:
+        if not self.enable_model_api:
+            raise MethodNotAllowedError("Model API is disabled; start with --enable-model-api to allow it")
+
+    @_guard
+    async def list_models(self, request: web.Request) -> web.Response:
+        q = request.query
+        limit = _int(dict(q), "limit") or 100
+        token = _int(dict(q), "next_page_token") or 0
+        return json_response(self.service.list_models(limit, token))
+
+    @_guard
+    async def register(self, request: web.Request) -> web.Response:
+        self._require_model_api()
+        params = await self._params(request)
+        url = params.get("url")
+        if not url:
+            raise BadRequestError("Parameter url is required.")
+        opts = RegisterOptions(
+            model_name=params.get("model_name") or None, handler=params.get("handler") or None,
+            runtime=params.get("runtime") or None, **{k: _int(params, k) for k in _INT_PARAMS},
+        )
+        if _bool(params, "synchronous", True):
+            mv = await self.service.register(str(url), opts)
+            n = len(mv.pool)
+            return json_response({"status": f'Model "{mv.name}" Version: {mv.version} registered with {n} initial workers'})
+        self._background(self._register_logged(str(url), opts))
+        return json_response({"status": "Processing worker updates..."}, 202)
+
+    async def _register_logged(self, url: str, opts: RegisterOptions) -> None:
+        try:
+            await self.service.register(url, opts)
+        except ModelServeError as exc:
+            log.error("Asynchronous registration of %s failed: %s", url, exc.message)
+
+    @_guard
+    async def describe(self, request: web.Request) -> web.Response:
+        name = request.match_info["model_name"]
+        version = request.match_info.get("model_version")
+        if _bool(dict(request.query), "customized", False):
+            return json_response(await self.service.describe_custom(name, version))
+        return json_response(self.service.describe(name, version))
+
+    @_guard
+    async def scale(self, request: web.Request) -> web.Response:
+        name = request.match_info["model_name"]
+        version = request.match_info.get("model_version")
+        params = await self._params(request)
+        lo, hi = _int(params, "min_worker"), _int(params, "max_worker")
+        if _bool(params, "synchronous", False):
+            mv = await self.service.scale(name, version, lo, hi)
+            return json_response({"status": f"Workers scaled to {len(mv.pool)} for model: {mv.name}, version: {mv.version}"})
+        mv = self.service.registry.get(name, version)
+        lo_v = lo if lo is not None else mv.min_workers
+        if (hi if hi is not None else max(mv.max_workers, lo_v)) < lo_v:
+            raise BadRequestError("max_worker cannot be less than min_worker.")
+        self._background(self.service.scale(name, version, lo, hi))
+        return json_response({"status": "Processing worker updates..."}, 202)
+
+    @_guard
+    async def unregister(self, request: web.Request) -> web.Response:
+        self._require_model_api()
+        name = request.match_info["model_name"]
+        version = request.match_info.get("model_version")
+        mv = await self.service.unregister(name, version)
+        return json_response({"status": f'Model "{mv.name}" unregistered'})
+
+    @_guard
+    async def set_default(self, request: web.Request) -> web.Response:
+        name = request.match_info["model_name"]
+        version = request.match_info["model_version"]
+        self.service.set_default(name, version)
+        return json_response({"status": f'Default version successfully updated for model "{name}" to "{version}"'})
+
+
+def build_management_app(service: ManagementService, enable_model_api: bool) -> web.Application:
+    routes = ManagementRoutes(service, enable_model_api)
+    app = web.Application()
+    app.router.add_route("*", "/models", methods({"GET": routes.list_models, "POST": routes.register}))
+    model = methods({"GET": routes.describe, "PUT": routes.scale, "DELETE": routes.unregister})
+    app.router.add_route("*", "/models/{model_name}", model)
+    app.router.add_route("*", "/models/{model_name}/{model_version}", model)
+    app.router.add_route("*", "/models/{model_name}/{model_version}/set-default", methods({"PUT": routes.set_default}))
+    app["routes"] = routes
+    return app

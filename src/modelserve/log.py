@@ -1,0 +1,63 @@
+"""Logging setup: the server log, the access log and the model (worker output) log."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Optional
+
+SERVER_LOGGER = "modelserve"
+ACCESS_LOGGER = "modelserve.access"
+MODEL_LOGGER = "modelserve.model"
+
+_FILES = {SERVER_LOGGER: "modelserve_log.log", ACCESS_LOGGER: "access_log.log", MODEL_LOGGER: "model_log.log"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(log_dir: str, console: bool, level: str = "INFO", fmt: str = "text",
+                  access_log: bool = True) -> None:
+    """Route each logger to its own file under ``log_dir`` and, with ``console``, to stdout."""
+    os.makedirs(log_dir, exist_ok=True)
+    formatter: logging.Formatter
+    if fmt == "json":
+        formatter = JsonFormatter()
+    else:
+        formatter = logging.Formatter("%(asctime)s [%(levelname)s] %(name)s - %(message)s")
+    plain = logging.Formatter("%(asctime)s %(message)s")
+    console_handler: Optional[logging.Handler] = None
+    if console:
+        console_handler = logging.StreamHandler(sys.stdout)
+        console_handler.setFormatter(formatter)
+    for name, filename in _FILES.items():
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+            h.close()
+        logger.propagate = False
+        logger.setLevel(level.upper() if name == SERVER_LOGGER else logging.INFO)
+        if name == ACCESS_LOGGER and not access_log:
+            logger.disabled = True
+            continue
+        fh = logging.FileHandler(os.path.join(log_dir, filename), encoding="utf-8")
+        fh.setFormatter(formatter if name != ACCESS_LOGGER or fmt == "json" else plain)
+        logger.addHandler(fh)
+        if console_handler is not None:
+            logger.addHandler(console_handler)
+
+
+def get_logger(name: str = SERVER_LOGGER) -> logging.Logger:
+    return logging.getLogger(name)

@@ -1,0 +1,516 @@
+"""The frontend's handle on worker processes: spawn, connect, run batches, ping, restart, scale.
+
+``worker/`` is the child process itself; this module is the parent's side of it.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import orjson
+
+from .batching import RequestQueue
+from .errors import GatewayTimeoutError, ModelLoadError, ServiceUnavailableError, WorkerError, error_for_status
+from .log import MODEL_LOGGER, get_logger
+from .types import InferenceRequest, Result
+from .wire import FrameDecoder, Kind, encode, split_blobs
+
+log = get_logger()
+model_log = logging.getLogger(MODEL_LOGGER)
+
+# TorchServe's restart backoff, in seconds; reset once a worker has stayed up for a while.
+BACKOFF = (0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+HEALTHY_AFTER = 30.0
+STOP_TIMEOUT = 5.0
+_worker_ids = itertools.count(9000)
+
+MetricsSink = Callable[[list[list[Any]]], None]
+BatchObserver = Callable[[int, str, float, float], None]  # size, reason, queue wait (s), handler time (s)
+
+
+def describe_exit(code: Optional[int]) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _deliver(req: InferenceRequest, outcome: Any) -> None:
+    """Answer a request: its future, or its stream once it has started streaming."""
+    if req.stream is not None:
+        req.stream.put_nowait(outcome)
+    elif not req.future.done():
+        if isinstance(outcome, BaseException):
+            req.future.set_exception(outcome)
+        else:
+            req.future.set_result(outcome)
+
+
+class _WorkerProtocol(asyncio.Protocol):
+    __slots__ = ("owner", "decoder")
+
+    def __init__(self, owner: "WorkerProcess") -> None:
+        self.owner = owner
+        self.decoder = FrameDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        for kind, header, payload in self.decoder.feed(data):
+            self.owner._on_frame(kind, header, payload)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.owner._on_connection_lost()
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker needs to load its model (sent as JSON in its environment)."""
+
+    model_name: str
+    model_version: str
+    model_dir: str
+    manifest: dict[str, Any]
+    handler: str
+    batch_size: int
+    model_yaml_config: dict[str, Any]
+    max_response_size: int
+    threads: int
+    startup_timeout: float
+    response_timeout: float
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class WorkerProcess:
+    """One live worker process and the Unix socket to it."""
+
+    def __init__(self, spec: WorkerSpec, worker_id: int, gpu: Optional[int],
+                 on_metrics: Optional[MetricsSink] = None) -> None:
+        self.spec = spec
+        self.id = worker_id
+        self.gpu = gpu
+        self.on_metrics = on_metrics
+        self.proc: Optional[asyncio.subprocess.Process] = None
+        self.pid: Optional[int] = None
+        self.start_time = time.time()
+        self.status = "STARTING"
+        self.transport: Optional[asyncio.Transport] = None
+        self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.exit_reason = ""
+        self._loaded: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._batch: Optional[list[InferenceRequest]] = None
+        self._batch_done: Optional[asyncio.Future] = None
+        self._batch_ids = itertools.count()
+        self._replies: dict[Kind, asyncio.Future] = {}
+        self._log_task: Optional[asyncio.Task] = None
+        self._tail: list[str] = []
+        self.batches = 0
+
+    @property
+    def tag(self) -> str:
+        return f"{self.spec.model_name}:{self.spec.model_version} worker {self.id}"
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Spawn the process and wait for its model to load; raise ModelLoadError with its traceback."""
+        from .worker.main import FD_ENV, SPEC_ENV
+
+        spec = self.spec
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env.update(spec.extra_env)
+        env[SPEC_ENV] = orjson.dumps({
+            "model_name": spec.model_name, "model_version": spec.model_version, "model_dir": spec.model_dir,
+            "manifest": spec.manifest, "handler": spec.handler, "batch_size": spec.batch_size,
+            "model_yaml_config": spec.model_yaml_config, "max_response_size": spec.max_response_size,
+            "threads": spec.threads, "gpu_id": self.gpu, "worker_id": self.id,
+        }).decode()
+        env[FD_ENV] = str(child.fileno())
+        env["PYTHONUNBUFFERED"] = "1"
+        if spec.threads > 0:
+            env.setdefault("OMP_NUM_THREADS", str(spec.threads))
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "modelserve.worker", pass_fds=(child.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=env, cwd=spec.model_dir,
+            )
+        finally:
+            child.close()
+        self.pid = self.proc.pid
+        self._log_task = asyncio.get_running_loop().create_task(self._pump_output())
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_unix_connection(lambda: _WorkerProtocol(self), sock=parent)
+        waiter = asyncio.ensure_future(asyncio.wait([self._loaded, self.exited], return_when=asyncio.FIRST_COMPLETED))
+        try:
+            await asyncio.wait_for(waiter, spec.startup_timeout)
+        except asyncio.TimeoutError:
+            self.kill()
+            raise ModelLoadError(f"{self.tag} did not load its model within startup_timeout "
+                                 f"({spec.startup_timeout:g} s)") from None
+        if not self._loaded.done():
+            await self.exited
+            tail = "\n".join(self._tail[-20:])
+            raise ModelLoadError(f"{self.tag} exited while loading ({self.exit_reason})\n{tail}")
+        ok, detail = self._loaded.result()
+        if not ok:
+            await asyncio.wait([self.exited], timeout=STOP_TIMEOUT)
+            self.kill()
+            raise ModelLoadError(f"Failed to load model {spec.model_name}, version {spec.model_version}: "
+                                 f"{detail.rstrip()}")
+        self.status = "READY"
+        self.start_time = time.time()
+
+    async def _pump_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        prefix = f"[{self.spec.model_name}:{self.spec.model_version} worker {self.id} pid {self.pid}] "
+        stream = self.proc.stdout
+        while True:
+            try:
+                line = await stream.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue
+            if not line:
+                break
+            text = line.decode("utf-8", errors="replace").rstrip("\n")
+            model_log.info("%s%s", prefix, text)
+            self._tail.append(text)
+            if len(self._tail) > 50:
+                del self._tail[:25]
+
+    def _on_connection_lost(self) -> None:
+        if self.exited.done():
+            return
+        asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        code: Optional[int] = None
+        if self.proc is not None:
+            try:
+                code = await asyncio.wait_for(self.proc.wait(), 2.0)
+            except asyncio.TimeoutError:
+                self.kill()
+                code = await self.proc.wait()
+        if self._log_task is not None:
+            try:
+                await asyncio.wait_for(self._log_task, 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+        self.exit_reason = self.exit_reason or describe_exit(code)
+        stopping = self.status == "STOPPING"
+        self.status = "STOPPED" if stopping else "DEAD"
+        if not stopping:
+            log.warning("%s (pid %s) died: %s", self.tag, self.pid, self.exit_reason)
+        self._fail_batch(WorkerError(f"Worker died ({self.exit_reason}) while running this request's batch"))
+        for fut in self._replies.values():
+            if not fut.done():
+                fut.set_exception(WorkerError(f"Worker died ({self.exit_reason})"))
+        if not self.exited.done():
+            self.exited.set_result(self.exit_reason)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Ask the worker to exit after its current batch; kill it if it does not."""
+        self.status = "STOPPING"
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(Kind.STOP, {}))
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+        except asyncio.TimeoutError:
+            self.kill()
+            await self.exited
+
+    # -- frames -----------------------------------------------------------------------------------
+    def _on_frame(self, kind: Kind, header: dict[str, Any], payload: memoryview) -> None:
+        if kind is Kind.RESULT:
+            self._on_result(header, payload)
+        elif kind is Kind.PARTIAL:
+            self._on_partial(header, payload)
+        elif kind is Kind.LOADED:
+            if not self._loaded.done():
+                self._loaded.set_result((bool(header.get("ok")), header.get("error", "")))
+        elif kind in (Kind.PONG, Kind.DESCRIBED):
+            fut = self._replies.pop(kind, None)
+            if fut is not None and not fut.done():
+                fut.set_result(header)
+
+    def _on_result(self, header: dict[str, Any], payload: memoryview) -> None:
+        batch = self._batch
+        if batch is None:
+            return
+        self._batch = None
+        records = header.get("m")
+        if records and self.on_metrics is not None:
+            self.on_metrics(records)
+        blobs = split_blobs(header, payload)
+        for req, (status, ct, hdrs, msg), blob in zip(batch, header["r"], blobs):
+            if status >= 400:
+                _deliver(req, error_for_status(status, msg or "request failed"))
+            else:
+                _deliver(req, Result(status, ct, bytes(blob), hdrs))
+        done = self._batch_done
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def _on_partial(self, header: dict[str, Any], payload: memoryview) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        by_id = {r.request_id: r for r in batch}
+        for (rid, status, ct, msg), blob in zip(header["r"], split_blobs(header, payload)):
+            req = by_id.get(rid)
+            if req is None:
+                continue
+            chunk = Result(status, ct, bytes(blob), None, msg or "", final=False)
+            if req.stream is None:
+                if req.future.done():
+                    continue
+                req.stream = asyncio.Queue()
+                req.future.set_result(req.stream)  # the adapter switches to streaming
+            req.stream.put_nowait(chunk)
+
+    def _fail_batch(self, error: Exception) -> None:
+        batch, self._batch = self._batch, None
+        for req in batch or ():
+            _deliver(req, error)
+        done = self._batch_done
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    # -- requests ---------------------------------------------------------------------------------
+    async def run_batch(self, batch: list[InferenceRequest]) -> None:
+        """Send one batch and wait until each of its requests is answered (or failed)."""
+        assert self.transport is not None
+        reqs = []
+        blobs: list[bytes] = []
+        for r in batch:
+            reqs.append([r.request_id, [[p.name, p.content_type] for p in r.params], r.headers])
+            blobs.extend(p.data for p in r.params)
+        loop = asyncio.get_running_loop()
+        self._batch = batch
+        self._batch_done = done = loop.create_future()
+        self.transport.write(encode(Kind.BATCH, {"id": next(self._batch_ids), "r": reqs}, blobs))
+        timer = loop.call_later(self.spec.response_timeout, self._on_timeout, done)
+        try:
+            await done
+        finally:
+            timer.cancel()
+        self.batches += 1
+
+    def _on_timeout(self, done: asyncio.Future) -> None:
+        if done.done():
+            return
+        log.error("%s exceeded response_timeout (%g s); restarting it", self.tag, self.spec.response_timeout)
+        self._fail_batch(GatewayTimeoutError(
+            f"Model {self.spec.model_name} version {self.spec.model_version} did not answer within "
+            f"response_timeout ({self.spec.response_timeout:g} s)"))
+        self.exit_reason = "killed after response_timeout"
+        self.kill()
+
+    async def request(self, kind: Kind, reply: Kind, timeout: float, header: Optional[dict] = None) -> dict:
+        """Send a control frame (ping, describe) and wait for its reply."""
+        if self.transport is None or self.exited.done():
+            raise ServiceUnavailableError(f"{self.tag} is not running")
+        fut = self._replies.get(reply)
+        if fut is None or fut.done():
+            fut = self._replies[reply] = asyncio.get_running_loop().create_future()
+            self.transport.write(encode(kind, header or {}))
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+
+    def info(self) -> dict[str, Any]:
+        return {"id": str(self.id), "pid": self.pid, "status": self.status, "gpu": self.gpu is not None,
+                "startTime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.start_time)) + "Z",
+                "busy": self._batch is not None}
+
+
+class _Slot:
+    """One place in a pool: keeps a worker alive, restarting it with backoff."""
+
+    def __init__(self, pool: "WorkerPool", gpu: Optional[int]) -> None:
+        self.pool = pool
+        self.gpu = gpu
+        self.worker: Optional[WorkerProcess] = None
+        self.stopping = False
+        self.task: Optional[asyncio.Task] = None
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.restarts = 0
+        self.last_error = ""
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if not self.ready.done():
+                self.ready.set_exception(ServiceUnavailableError("worker stopped before it was ready"))
+                self.ready.exception()  # retrieved: nobody may be waiting for it
+
+    async def _run(self) -> None:
+        pool = self.pool
+        attempt = 0
+        while not self.stopping:
+            worker = WorkerProcess(pool.spec, next(_worker_ids), self.gpu, pool.on_metrics)
+            self.worker = worker
+            try:
+                await worker.start()
+            except ModelLoadError as exc:
+                self.last_error = exc.message
+                if not self.ready.done():
+                    self.ready.set_exception(exc)
+                    return
+                log.error("%s failed to restart: %s", worker.tag, exc.message.splitlines()[0])
+            else:
+                if not self.ready.done():
+                    self.ready.set_result(worker)
+                await self._serve(worker)
+                if worker.exit_reason and not self.stopping:
+                    self.last_error = worker.exit_reason
+            if self.stopping:
+                break
+            alive_for = time.time() - worker.start_time
+            attempt = 0 if alive_for > HEALTHY_AFTER else attempt
+            delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+            attempt += 1
+            self.restarts += 1
+            pool.restarts += 1
+            if delay:
+                await asyncio.sleep(delay)
+
+    async def _serve(self, worker: WorkerProcess) -> None:
+        pool = self.pool
+        queue = pool.queue
+        batch_size = pool.spec.batch_size
+        delay = pool.max_batch_delay
+        loop = asyncio.get_running_loop()
+        serve = loop.create_task(self._serve_loop(worker, queue, batch_size, delay))
+        try:
+            await asyncio.wait([serve, worker.exited], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not serve.done():
+                serve.cancel()
+            try:
+                await serve
+            except asyncio.CancelledError:
+                pass
+        if not worker.exited.done():
+            await worker.stop()
+
+    async def _serve_loop(self, worker: WorkerProcess, queue: RequestQueue, batch_size: int, delay: float) -> None:
+        observe = self.pool.on_batch
+        clock = time.monotonic
+        while not self.stopping:
+            batch, reason = await queue.get_batch(batch_size, delay)
+            if worker.exited.done() or self.stopping:
+                queue.requeue(batch)
+                return
+            started = clock()
+            if observe is not None:
+                wait = sum(started - r.arrival for r in batch) / len(batch)
+            await worker.run_batch(batch)
+            if observe is not None:
+                observe(len(batch), reason, wait, clock() - started)
+
+
+class WorkerPool:
+    """The workers of one model version, fed from its request queue."""
+
+    def __init__(self, spec: WorkerSpec, queue: RequestQueue, max_batch_delay_ms: int,
+                 next_gpu: Callable[[], Optional[int]] = lambda: None,
+                 on_metrics: Optional[MetricsSink] = None, on_batch: Optional[BatchObserver] = None) -> None:
+        self.spec = spec
+        self.queue = queue
+        self.max_batch_delay = max_batch_delay_ms / 1000.0
+        self.next_gpu = next_gpu
+        self.on_metrics = on_metrics
+        self.on_batch = on_batch
+        self.slots: list[_Slot] = []
+        self.restarts = 0
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def serviceable(self) -> bool:
+        """Whether a request queued now will be served: a worker is ready or (re)starting."""
+        return any(s.worker is not None and s.worker.status in ("READY", "STARTING") for s in self.slots)
+
+    def last_error(self) -> str:
+        errors = [s.last_error for s in self.slots if s.last_error]
+        return errors[-1].splitlines()[0][:300] if errors else ""
+
+    def live_workers(self) -> int:
+        return sum(1 for s in self.slots if s.worker is not None and s.worker.status == "READY")
+
+    async def scale(self, n: int) -> None:
+        """Grow or shrink to ``n`` workers; when growing, wait for the new ones to load.
+
+        Raises ModelLoadError (with the worker's own error) if a new worker fails to load.
+        """
+        if n > len(self.slots):
+            loop = asyncio.get_running_loop()
+            new = [_Slot(self, self.next_gpu()) for _ in range(n - len(self.slots))]
+            for slot in new:
+                slot.task = loop.create_task(slot.run())
+            self.slots.extend(new)
+            results = await asyncio.gather(*(s.ready for s in new), return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                for slot in new:
+                    if slot in self.slots:
+                        self.slots.remove(slot)
+                await self._retire(new)
+                raise failed[0]
+        elif n < len(self.slots):
+            retiring = self.slots[n:]
+            del self.slots[n:]
+            await self._retire(retiring)
+
+    async def _retire(self, slots: list[_Slot]) -> None:
+        """Stop slots: busy workers finish their batch first; idle ones stop waiting at once."""
+        for slot in slots:
+            slot.stopping = True
+            worker = slot.worker
+            if slot.task is not None and (worker is None or worker._batch is None):
+                slot.task.cancel()
+        for slot in slots:
+            if slot.task is not None:
+                try:
+                    await slot.task
+                except (asyncio.CancelledError, Exception):
+                    pass
+            worker = slot.worker
+            if worker is not None and not worker.exited.done():
+                if worker.status == "STARTING":
+                    worker.kill()
+                await worker.stop()
+
+    async def stop(self) -> None:
+        await self.scale(0)
+
+    def workers_info(self) -> list[dict[str, Any]]:
+        out = []
+        for slot in self.slots:
+            if slot.worker is not None:
+                info = slot.worker.info()
+                info["restarts"] = slot.restarts
+                if slot.worker.status != "READY" and slot.last_error:
+                    info["lastError"] = slot.last_error.splitlines()[0][:500]
+                out.append(info)
+        return out
+
+    def workers(self) -> list[WorkerProcess]:
+        return [s.worker for s in self.slots if s.worker is not None]

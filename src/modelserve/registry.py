@@ -1,0 +1,314 @@
+"""Models -> versions -> runtime (queue + worker pool); register, scale, set-default, unregister."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import psutil
+
+from .archive import LoadedArchive, open_archive, validate_model_name
+from .batching import RequestQueue
+from .config import ModelConfig, ServerConfig
+from .devices import GpuAssigner
+from .errors import (BadRequestError, ConflictError, ForbiddenError, ModelLoadError, NotFoundError,
+                     ServiceUnavailableError)
+from .log import get_logger
+from .pool import BatchObserver, MetricsSink, WorkerPool, WorkerSpec
+from .types import InferenceRequest
+
+log = get_logger()
+
+
+@dataclass
+class RegisterOptions:
+    """What a register call may set; None means: take it from the archive or the server config."""
+
+    model_name: Optional[str] = None
+    handler: Optional[str] = None
+    runtime: Optional[str] = None
+    batch_size: Optional[int] = None
+    max_batch_delay: Optional[int] = None
+    initial_workers: Optional[int] = None
+    response_timeout: Optional[int] = None
+    startup_timeout: Optional[int] = None
+    loaded_at_startup: bool = False
+
+
+class ModelVersion:
+    """One registered version of a model: its archive, settings, queue and workers."""
+
+    def __init__(self, name: str, archive: LoadedArchive, url: str, config: ModelConfig, handler: str,
+                 runtime: str, server: ServerConfig, next_gpu: Callable[[], Optional[int]], threads: int,
+                 loaded_at_startup: bool, on_metrics: Optional[MetricsSink], on_batch: Optional[BatchObserver],
+                 extracted: bool) -> None:
+        self.name = name
+        self.version = str(archive.manifest.get("model", {}).get("modelVersion") or "1.0")
+        self.archive = archive
+        self.url = url
+        self.config = config
+        self.handler = handler
+        self.runtime = runtime
+        self.loaded_at_startup = loaded_at_startup
+        self.extracted = extracted
+        self.registered_at = time.time()
+        self.queue = RequestQueue(server.job_queue_size)
+        self.min_workers = config.min_workers
+        self.max_workers = config.max_workers
+        spec = WorkerSpec(
+            model_name=name, model_version=self.version, model_dir=archive.model_dir, manifest=archive.manifest,
+            handler=handler, batch_size=config.batch_size, model_yaml_config=config.yaml,
+            max_response_size=server.max_response_size, threads=threads,
+            startup_timeout=float(config.startup_timeout), response_timeout=float(config.response_timeout),
+        )
+        self.pool = WorkerPool(spec, self.queue, config.max_batch_delay, next_gpu, on_metrics, on_batch)
+
+    # -- requests -----------------------------------------------------------------------------------
+    def submit(self, req: InferenceRequest) -> None:
+        if not self.pool.serviceable():
+            raise ServiceUnavailableError(
+                f"No worker is available to serve model {self.name} version {self.version}"
+                + (f": {self.pool.last_error()}" if self.pool.last_error() else ""))
+        self.queue.put(req)
+
+    @property
+    def healthy(self) -> bool:
+        return self.pool.live_workers() >= self.min_workers
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def scale(self, min_workers: int, max_workers: Optional[int] = None) -> None:
+        await self.pool.scale(min_workers)
+        self.min_workers = min_workers
+        self.max_workers = max(max_workers if max_workers is not None else self.max_workers, min_workers)
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Answer every queued and in-flight request, then stop the workers."""
+        self.queue.closed = True
+        deadline = time.monotonic() + drain_timeout
+        while (len(self.queue) or any(w._batch is not None for w in self.pool.workers())) \
+                and time.monotonic() < deadline and self.pool.serviceable():
+            await asyncio.sleep(0.01)
+        for req in self.queue.drain_all():
+            req.future.set_exception(ServiceUnavailableError(
+                f"Model {self.name} version {self.version} was unregistered before this request ran"))
+        await self.pool.stop()
+        if self.extracted:
+            shutil.rmtree(self.archive.model_dir, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.config
+        workers = []
+        for info in self.pool.workers_info():
+            try:
+                mem = psutil.Process(info["pid"]).memory_info().rss if info["pid"] else 0
+            except (psutil.Error, ValueError):
+                mem = 0
+            workers.append({
+                "id": info["id"], "startTime": info["startTime"], "status": info["status"],
+                "memoryUsage": mem, "pid": info["pid"], "gpu": info["gpu"], "gpuUsage": "N/A",
+                **({"lastError": info["lastError"]} if "lastError" in info else {}),
+            })
+        return {
+            "modelName": self.name,
+            "modelVersion": self.version,
+            "modelUrl": self.url,
+            "runtime": self.runtime,
+            "minWorkers": self.min_workers,
+            "maxWorkers": self.max_workers,
+            "batchSize": cfg.batch_size,
+            "maxBatchDelay": cfg.max_batch_delay,
+            "responseTimeout": cfg.response_timeout,
+            "startupTimeout": cfg.startup_timeout,
+            "maxRetryTimeoutInSec": 300,
+            "clientTimeoutInMills": 0,
+            "parallelType": "",
+            "parallelLevel": 0,
+            "deviceType": cfg.device_type or ("gpu" if any(w["gpu"] for w in workers) else "cpu"),
+            "deviceIds": list(cfg.device_ids) if cfg.device_ids else [],
+            "continuousBatching": False,
+            "useJobTicket": False,
+            "useVenv": False,
+            "stateful": False,
+            "sequenceMaxIdleMSec": 0,
+            "sequenceTimeoutMSec": 0,
+            "maxNumSequence": 0,
+            "maxSequenceJobQueueSize": 0,
+            "loadedAtStartup": self.loaded_at_startup,
+            "workers": workers,
+            "jobQueueStatus": {"remainingCapacity": self.queue.remaining_capacity(),
+                               "pendingRequests": len(self.queue)},
+        }
+
+
+class ModelRegistry:
+    """Every registered model version, and which version of each model is the default."""
+
+    def __init__(self, config: ServerConfig, work_dir: str, gpus: GpuAssigner,
+                 on_metrics: Optional[Callable[[str, str, list], None]] = None,
+                 on_batch: Optional[Callable[[str, str, int, str, float, float], None]] = None,
+                 on_change: Optional[Callable[[], None]] = None) -> None:
+        self.config = config
+        self.work_dir = work_dir
+        self.gpus = gpus
+        self.models: dict[str, dict[str, ModelVersion]] = {}
+        self.defaults: dict[str, str] = {}
+        self._on_metrics = on_metrics
+        self._on_batch = on_batch
+        self.on_change = on_change
+        self._pending: set[tuple[str, str]] = set()
+
+    # -- lookup -------------------------------------------------------------------------------------
+    def get(self, name: str, version: Optional[str] = None) -> ModelVersion:
+        versions = self.models.get(name)
+        if not versions:
+            raise NotFoundError(f"Model not found: {name}")
+        if version is None:
+            return versions[self.defaults[name]]
+        mv = versions.get(version)
+        if mv is None:
+            raise NotFoundError(f"Model version not found: {name} version {version}")
+        return mv
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        versions = self.models.get(name)
+        if not versions:
+            raise NotFoundError(f"Model not found: {name}")
+        return list(versions.values())
+
+    def all_versions(self) -> list[ModelVersion]:
+        return [mv for versions in self.models.values() for mv in versions.values()]
+
+    def default_workers(self) -> int:
+        if self.config.default_workers_per_model > 0:
+            return self.config.default_workers_per_model
+        return self.gpus.gpu_count or (os.cpu_count() or 1)
+
+    # -- archives -----------------------------------------------------------------------------------
+    def resolve_url(self, url: str) -> str:
+        """A name in the model store, or an absolute path; never a path that climbs out."""
+        if not url:
+            raise BadRequestError("Parameter url is required.")
+        if ".." in url.replace("\\", "/").split("/"):
+            raise NotFoundError(f"Relative path is not allowed in url: {url}")
+        if os.path.isabs(url):
+            path = url
+        else:
+            store = self.config.model_store
+            if not store:
+                raise NotFoundError(f"Model store has not been configured; cannot find {url}")
+            path = os.path.join(store, url)
+        if not os.path.exists(path):
+            raise NotFoundError(f"Model not found in model store: {url}")
+        return path
+
+    def _open(self, path: str) -> tuple[LoadedArchive, bool]:
+        archive = open_archive(path, self.work_dir, self.config.archive_max_bytes, self.config.archive_max_files)
+        return archive, os.path.abspath(archive.model_dir) != os.path.abspath(path)
+
+    # -- register -----------------------------------------------------------------------------------
+    async def register(self, url: str, opts: RegisterOptions) -> ModelVersion:
+        path = self.resolve_url(url)
+        loop = asyncio.get_running_loop()
+        archive, extracted = await loop.run_in_executor(None, self._open, path)
+        try:
+            manifest_model = archive.manifest.setdefault("model", {})
+            name = opts.model_name or manifest_model.get("modelName") or _stem(url)
+            validate_model_name(name)
+            manifest_model.setdefault("modelName", name)
+            handler = opts.handler or manifest_model.get("handler") or ""
+            if opts.handler:
+                manifest_model["handler"] = opts.handler
+            runtime = opts.runtime or archive.manifest.get("runtime") or "python"
+            if runtime not in ("python", "python3", "PYTHON", "PYTHON3"):
+                raise BadRequestError(f"Invalid RuntimeType value: {runtime}")
+            default_workers = self.default_workers()
+            workers_from_api = opts.initial_workers
+            config = ModelConfig.resolve(
+                self.config, archive.model_config, default_workers,
+                batch_size=opts.batch_size, max_batch_delay=opts.max_batch_delay,
+                response_timeout=opts.response_timeout, startup_timeout=opts.startup_timeout,
+                **({"min_workers": workers_from_api, "max_workers": max(workers_from_api, 1)}
+                   if workers_from_api is not None else {}),
+            )
+            version = str(manifest_model.get("modelVersion") or "1.0")
+            key = (name, version)
+            if version in self.models.get(name, {}) or key in self._pending:
+                raise ConflictError(f"Model version {version} for model {name} is already registered.")
+            workers = config.min_workers
+            threads = self.config.number_of_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+            mv = ModelVersion(
+                name, archive, url, config, handler, runtime, self.config,
+                self.gpus.for_model(config.device_type, config.device_ids), threads, opts.loaded_at_startup,
+                self._metrics_sink(name, version), self._batch_observer(name, version), extracted,
+            )
+        except BaseException:
+            if extracted:
+                shutil.rmtree(archive.model_dir, ignore_errors=True)
+            raise
+        self._pending.add(key)
+        try:
+            await mv.pool.scale(workers)
+        except ModelLoadError:
+            await mv.stop(0)
+            raise
+        finally:
+            self._pending.discard(key)
+        self.models.setdefault(name, {})[version] = mv
+        self.defaults.setdefault(name, version)
+        log.info("Registered model %s version %s with %d workers", name, version, workers)
+        self._changed()
+        return mv
+
+    def _metrics_sink(self, name: str, version: str) -> Optional[MetricsSink]:
+        cb = self._on_metrics
+        return None if cb is None else (lambda records: cb(name, version, records))
+
+    def _batch_observer(self, name: str, version: str) -> Optional[BatchObserver]:
+        cb = self._on_batch
+        return None if cb is None else (lambda n, reason, wait, took: cb(name, version, n, reason, wait, took))
+
+    # -- other changes ------------------------------------------------------------------------------
+    async def scale(self, name: str, version: Optional[str], min_worker: int, max_worker: Optional[int]) -> ModelVersion:
+        mv = self.get(name, version)
+        await mv.scale(min_worker, max_worker)
+        self._changed()
+        return mv
+
+    def set_default(self, name: str, version: str) -> None:
+        self.get(name, version)
+        self.defaults[name] = version
+        self._changed()
+
+    async def unregister(self, name: str, version: Optional[str], drain_timeout: float = 30.0) -> ModelVersion:
+        mv = self.get(name, version)
+        versions = self.models[name]
+        if version is not None and self.defaults[name] == mv.version and len(versions) > 1:
+            raise ForbiddenError(f"Cannot remove default version {mv.version} for model {name}")
+        del versions[mv.version]
+        if not versions:
+            del self.models[name]
+            del self.defaults[name]
+        self._changed()
+        await mv.stop(drain_timeout)
+        return mv
+
+    async def stop_all(self, drain_timeout: float) -> None:
+        everything = self.all_versions()
+        self.models.clear()
+        self.defaults.clear()
+        await asyncio.gather(*(mv.stop(drain_timeout) for mv in everything), return_exceptions=True)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+def _stem(url: str) -> str:
+    base = os.path.basename(url.rstrip("/"))
+    for suffix in (".mar", ".tar.gz", ".tgz", ".zip"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base

@@ -1,0 +1,127 @@
+"""The composition root: builds the registry, services and apps, with an explicit start/stop."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Optional
+
+from aiohttp import web
+
+from .config import ServerConfig, split_address
+from .devices import GpuAssigner, detect_gpu_count
+from .errors import ConfigError, ModelLoadError, ModelServeError
+from .http.inference import add_fallback, build_inference_app
+from .http.management import build_management_app
+from .log import ACCESS_LOGGER, get_logger
+from .registry import ModelRegistry, RegisterOptions
+from .service import InferenceService, ManagementService
+
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class StartupModel:
+    name: Optional[str]
+    url: str
+
+
+def parse_model_args(values: list[str], model_store: Optional[str]) -> list[StartupModel]:
+    """``--models`` / ``load_models`` entries: ``name=archive``, ``archive``, or ``all``."""
+    out: list[StartupModel] = []
+    for value in values:
+        for item in (v.strip() for v in value.split(",")):
+            if not item:
+                continue
+            if item == "all":
+                if not model_store or not os.path.isdir(model_store):
+                    raise ConfigError("--models all needs an existing --model-store")
+                for entry in sorted(os.listdir(model_store)):
+                    path = os.path.join(model_store, entry)
+                    if entry.endswith((".mar", ".tar.gz", ".tgz")) or os.path.isfile(
+                            os.path.join(path, "MAR-INF", "MANIFEST.json")):
+                        out.append(StartupModel(None, entry))
+                continue
+            name, sep, url = item.partition("=")
+            out.append(StartupModel(name.strip() or None, url.strip()) if sep else StartupModel(None, item))
+    return out
+
+
+class AccessLogger(web.AbstractAccessLogger):
+    """``<ip> "<METHOD> <path> <proto>" <status> <ms>``."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s HTTP/%d.%d" %d %.3f', request.remote, request.method, request.path_qs,
+                         request.version.major, request.version.minor, response.status, time * 1000)
+
+
+class ModelServer:
+    def __init__(self, config: ServerConfig, startup_models: list[StartupModel]) -> None:
+        self.config = config
+        self.startup_models = startup_models
+        self.work_dir = tempfile.mkdtemp(prefix="modelserve-")
+        gpu_count = config.number_of_gpu if config.number_of_gpu is not None else detect_gpu_count()
+        self.registry = ModelRegistry(config, self.work_dir, GpuAssigner(gpu_count))
+        self.inference = InferenceService(self.registry)
+        self.management = ManagementService(self.registry)
+        self._runners: list[web.AppRunner] = []
+        self.addresses: list[str] = []
+
+    def _apps(self) -> list[tuple[str, web.Application, str, int]]:
+        cfg = self.config
+        inference = build_inference_app(self.inference, cfg.max_request_size)
+        add_fallback(inference)
+        management = build_management_app(self.management, cfg.enable_model_api)
+        add_fallback(management)
+        return [
+            ("Inference API", inference, *split_address(cfg.inference_address, 8080)),
+            ("Management API", management, *split_address(cfg.management_address, 8081)),
+        ]
+
+    async def start(self) -> None:
+        """Bind every port, then load the startup models; raise with the reason on failure."""
+        access = get_logger(ACCESS_LOGGER) if self.config.enable_access_log else None
+        for label, app, host, port in self._apps():
+            runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
+                                   access_log=access)
+            await runner.setup()
+            self._runners.append(runner)
+            try:
+                await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {host}:{port} for the {label}: {exc.strerror}") from None
+            self.addresses.append(f"{label} bound to http://{host}:{port}")
+            log.info("%s bound to http://%s:%d", label, host, port)
+        await self._load_startup_models()
+        self.inference.started = True
+
+    async def _load_startup_models(self) -> None:
+        async def load(m: StartupModel) -> None:
+            mv = await self.registry.register(m.url, RegisterOptions(model_name=m.name, loaded_at_startup=True))
+            log.info("Loaded model %s version %s (%d workers)", mv.name, mv.version, len(mv.pool))
+
+        results = await asyncio.gather(*(load(m) for m in self.startup_models), return_exceptions=True)
+        errors = []
+        for m, r in zip(self.startup_models, results):
+            if isinstance(r, ModelServeError):
+                errors.append(f"model {m.name or m.url}: {r.message}")
+            elif isinstance(r, BaseException):
+                errors.append(f"model {m.name or m.url}: {type(r).__name__}: {r}")
+        if errors:
+            raise ModelLoadError("\n".join(errors))
+
+    async def stop(self, grace: Optional[float] = None) -> None:
+        """Staged: stop accepting, drain queues and in-flight batches, stop workers, clean up."""
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        log.info("Stopping: no new connections; draining requests (grace %ss)", grace)
+        for runner in self._runners:
+            for site in list(runner.sites):
+                await site.stop()
+        await self.registry.stop_all(grace)
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        log.info("Model server stopped")

@@ -1,0 +1,109 @@
+"""Transport-agnostic inference and management operations, called by the REST and gRPC adapters."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from typing import Any, Optional, Union
+
+from .errors import BadRequestError
+from .registry import ModelRegistry, ModelVersion, RegisterOptions
+from .types import InferenceRequest, Param, Result
+
+_PREFIX = uuid.uuid4().hex[:20]
+_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A unique id per request, cheaper than uuid4 on the hot path (process prefix + counter)."""
+    n = next(_counter)
+    return f"{_PREFIX[:8]}-{_PREFIX[8:12]}-{_PREFIX[12:16]}-{_PREFIX[16:20]}-{n:012x}"
+
+
+class InferenceService:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.started = False  # set once the startup models are loaded
+
+    async def predict(self, model: str, version: Optional[str], params: list[Param], headers: list[str],
+                      request_id: str, timeout: Optional[float] = None) -> Union[Result, asyncio.Queue]:
+        """Queue one request and wait for its answer.
+
+        Returns the final ``Result``, or a queue of streamed Results (the last one ``final``, or an
+        exception) when the handler streams.
+        """
+        mv = self.registry.get(model, version)
+        now = time.monotonic()
+        req = InferenceRequest(
+            request_id, params, headers, now, asyncio.get_running_loop().create_future(),
+            deadline=now + timeout if timeout else None, size=sum(len(p.data) for p in params),
+        )
+        mv.submit(req)
+        try:
+            return await req.future
+        except asyncio.CancelledError:
+            mv.queue.discard(req)
+            raise
+
+    def healthy(self) -> bool:
+        return self.started and all(mv.healthy for mv in self.registry.all_versions())
+
+    def model_ready(self, model: str, version: Optional[str] = None) -> bool:
+        return self.registry.get(model, version).pool.live_workers() > 0
+
+
+class ManagementService:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    def list_models(self, limit: int = 100, next_page_token: int = 0) -> dict[str, Any]:
+        if limit <= 0 or limit > 100:
+            limit = 100
+        names = sorted(self.registry.models)
+        page = names[next_page_token:next_page_token + limit]
+        out: dict[str, Any] = {"models": [
+            {"modelName": n, "modelUrl": self.registry.get(n).url} for n in page
+        ]}
+        if next_page_token + limit < len(names):
+            out["nextPageToken"] = str(next_page_token + limit)
+        return out
+
+    def describe(self, name: str, version: Optional[str] = None) -> list[dict[str, Any]]:
+        if version == "all":
+            return [mv.describe() for mv in self.registry.versions(name)]
+        return [self.registry.get(name, version).describe()]
+
+    async def describe_custom(self, name: str, version: Optional[str] = None) -> list[dict[str, Any]]:
+        from .wire import Kind
+
+        mvs = self.registry.versions(name) if version == "all" else [self.registry.get(name, version)]
+        out = []
+        for mv in mvs:
+            d = mv.describe()
+            workers = [w for w in mv.pool.workers() if w.status == "READY"]
+            if workers:
+                reply = await workers[0].request(Kind.DESCRIBE, Kind.DESCRIBED, 30.0)
+                if not reply.get("ok"):
+                    raise BadRequestError(f"describe_handle failed: {reply.get('error', '')}")
+                d["customizedMetadata"] = reply.get("data")
+            out.append(d)
+        return out
+
+    async def register(self, url: str, opts: RegisterOptions) -> ModelVersion:
+        return await self.registry.register(url, opts)
+
+    async def scale(self, name: str, version: Optional[str], min_worker: Optional[int],
+                    max_worker: Optional[int]) -> ModelVersion:
+        mv = self.registry.get(name, version)
+        lo = min_worker if min_worker is not None else mv.min_workers
+        hi = max_worker if max_worker is not None else max(mv.max_workers, lo)
+        if hi < lo:
+            raise BadRequestError("max_worker cannot be less than min_worker.")
+        return await self.registry.scale(name, version, lo, hi)
+
+    def set_default(self, name: str, version: str) -> None:
+        self.registry.set_default(name, version)
+
+    async def unregister(self, name: str, version: Optional[str]) -> ModelVersion:
+        return await self.registry.unregister(name, version)
