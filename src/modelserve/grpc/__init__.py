@@ -1,0 +1,1 @@
+"""gRPC front ends: TorchServe-compatible and Open Inference Protocol (KServe v2)."""
