@@ -206,7 +206,7 @@ class ModelRegistry:
 
     def _open(self, path: str) -> tuple[LoadedArchive, bool]:
         archive = open_archive(path, self.work_dir, self.config.archive_max_bytes, self.config.archive_max_files)
-        return archive, os.path.abspath(archive.model_dir) != os.path.abspath(path)
+        return archive, archive.extracted
 
     # -- register -----------------------------------------------------------------------------------
     async def register(self, url: str, opts: RegisterOptions) -> ModelVersion:

@@ -1,0 +1,6 @@
+"""``python -m modelserve_archiver``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
