@@ -44,9 +44,10 @@ class RequestQueue:
         if self.closed:
             raise ServiceUnavailableError("Model is being unregistered; not accepting requests")
         if len(self._items) >= self.maxsize:
-            raise ServiceUnavailableError("Model queue is full; retry later")
+            raise ServiceUnavailableError("Model queue is full; retry later", reject_reason="queue_full")
         if self.max_bytes is not None and self._bytes + req.size > self.max_bytes and self._items:
-            raise ServiceUnavailableError("Model queue byte budget is exhausted; retry later")
+            raise ServiceUnavailableError("Model queue byte budget is exhausted; retry later",
+                                          reject_reason="queue_full")
         self._items.append(req)
         self._bytes += req.size
         self._wake_one()
@@ -79,7 +80,8 @@ class RequestQueue:
             if req.deadline is not None:
                 now = now if now is not None else self.clock()
                 if now > req.deadline:
-                    req.future.set_exception(GatewayTimeoutError("Request timed out in the queue before reaching a worker"))
+                    req.future.set_exception(GatewayTimeoutError(
+                        "Request timed out in the queue before reaching a worker", reject_reason="timeout"))
                     continue
             return req
         return None

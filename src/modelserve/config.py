@@ -57,7 +57,8 @@ class ServerConfig:
     key_file: Optional[str] = field(default=None, metadata=_doc("where the token key file lives (default ./key_file.json)"))
     token_expiration_min: int = field(default=60, metadata=_doc("minutes an inference/management key stays valid", int))
     allowed_urls: str = field(default="", metadata=_doc("comma-separated regexes of model URLs allowed for registration"))
-    metrics_mode: str = field(default="prometheus", metadata=_doc("'prometheus' or 'log'"))
+    metrics_mode: str = field(default="prometheus", metadata=_doc("'prometheus' or 'log' (log also writes model_metrics.log)"))
+    metrics_config: Optional[str] = field(default=None, metadata=_doc("YAML naming the metrics to emit (TorchServe's metrics.yaml layout)"))
     enable_metrics_api: bool = field(default=True, metadata=_doc("serve GET /metrics", _bool))
     log_dir: str = field(default="logs", metadata=_doc("where the log files and config snapshots go"))
     log_level: str = field(default="INFO", metadata=_doc("server log level"))
@@ -96,7 +97,7 @@ TORCHSERVE_IGNORED_KEYS = frozenset({
     "service_envelope", "install_py_dep_per_model", "cors_allowed_origin", "cors_allowed_methods",
     "cors_allowed_headers", "keystore", "keystore_pass", "keystore_type", "certificate_file", "private_key_file",
     "max_workers", "blacklist_env_vars", "decode_input_request", "model_server_home", "workflow_store",
-    "enable_envvars_config", "model_snapshot", "plugins_path", "use_native_io", "io_ratio", "metrics_config",
+    "enable_envvars_config", "model_snapshot", "plugins_path", "use_native_io", "io_ratio",
     "metrics_format", "enable_metrics_api_v2", "disable_system_metrics", "system_metrics_cmd", "cpu_launcher_enable",
     "cpu_launcher_args", "disable_ipex", "ipex_enable", "preload_model", "enable_grpc_ssl", "workflow_queue_size",
     "model_load_timeout", "initial_worker_port", "initial_distribution_port", "stream_timeout",

@@ -12,12 +12,15 @@ class ModelServeError(Exception):
     status: int = 500
     type_name: str = "InternalServerException"
     grpc_code: str = "INTERNAL"
+    reject_reason: str | None = None  # set where the request was turned away before a worker saw it
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, reject_reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
+        if reject_reason is not None:
+            self.reject_reason = reject_reason
 
     def to_dict(self) -> dict[str, object]:
         return {"code": self.status, "type": self.type_name, "message": self.message}
@@ -33,6 +36,7 @@ class UnauthorizedError(ModelServeError):
     status = 401
     type_name = "UnauthorizedException"
     grpc_code = "UNAUTHENTICATED"
+    reject_reason = "auth"
 
 
 class ForbiddenError(ModelServeError):
@@ -63,6 +67,7 @@ class RequestTooLargeError(ModelServeError):
     status = 413
     type_name = "RequestEntityTooLargeException"
     grpc_code = "RESOURCE_EXHAUSTED"
+    reject_reason = "too_large"
 
 
 class ServiceUnavailableError(ModelServeError):

@@ -11,8 +11,10 @@ from typing import Optional
 SERVER_LOGGER = "modelserve"
 ACCESS_LOGGER = "modelserve.access"
 MODEL_LOGGER = "modelserve.model"
+METRICS_LOGGER = "modelserve.metrics"
 
-_FILES = {SERVER_LOGGER: "modelserve_log.log", ACCESS_LOGGER: "access_log.log", MODEL_LOGGER: "model_log.log"}
+_FILES = {SERVER_LOGGER: "modelserve_log.log", ACCESS_LOGGER: "access_log.log", MODEL_LOGGER: "model_log.log",
+          METRICS_LOGGER: "model_metrics.log"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,9 +55,9 @@ def setup_logging(log_dir: str, console: bool, level: str = "INFO", fmt: str = "
             logger.disabled = True
             continue
         fh = logging.FileHandler(os.path.join(log_dir, filename), encoding="utf-8")
-        fh.setFormatter(formatter if name != ACCESS_LOGGER or fmt == "json" else plain)
+        fh.setFormatter(formatter if name not in (ACCESS_LOGGER, METRICS_LOGGER) or fmt == "json" else plain)
         logger.addHandler(fh)
-        if console_handler is not None:
+        if console_handler is not None and name != METRICS_LOGGER:
             logger.addHandler(console_handler)
 
 

@@ -33,7 +33,8 @@ STOP_TIMEOUT = 5.0
 _worker_ids = itertools.count(9000)
 
 MetricsSink = Callable[[list[list[Any]]], None]
-BatchObserver = Callable[[int, str, float, float], None]  # size, reason, queue wait (s), handler time (s)
+# Called after each batch: its requests, why it closed, when it was dispatched, how long it took (s).
+BatchObserver = Callable[[list[InferenceRequest], str, float, float], None]
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -419,11 +420,9 @@ class _Slot:
                 queue.requeue(batch)
                 return
             started = clock()
-            if observe is not None:
-                wait = sum(started - r.arrival for r in batch) / len(batch)
             await worker.run_batch(batch)
             if observe is not None:
-                observe(len(batch), reason, wait, clock() - started)
+                observe(batch, reason, started, clock() - started)
 
 
 class WorkerPool:

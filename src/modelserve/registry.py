@@ -17,6 +17,7 @@ from .devices import GpuAssigner
 from .errors import (BadRequestError, ConflictError, ForbiddenError, ModelLoadError, NotFoundError,
                      ServiceUnavailableError)
 from .log import get_logger
+from .metrics import ModelStats, ServerMetrics
 from .pool import BatchObserver, MetricsSink, WorkerPool, WorkerSpec
 from .types import InferenceRequest
 
@@ -44,8 +45,9 @@ class ModelVersion:
     def __init__(self, name: str, archive: LoadedArchive, url: str, config: ModelConfig, handler: str,
                  runtime: str, server: ServerConfig, next_gpu: Callable[[], Optional[int]], threads: int,
                  loaded_at_startup: bool, on_metrics: Optional[MetricsSink], on_batch: Optional[BatchObserver],
-                 extracted: bool) -> None:
+                 extracted: bool, stats: ModelStats) -> None:
         self.name = name
+        self.stats = stats
         self.version = str(archive.manifest.get("model", {}).get("modelVersion") or "1.0")
         self.archive = archive
         self.url = url
@@ -146,17 +148,14 @@ class ModelVersion:
 class ModelRegistry:
     """Every registered model version, and which version of each model is the default."""
 
-    def __init__(self, config: ServerConfig, work_dir: str, gpus: GpuAssigner,
-                 on_metrics: Optional[Callable[[str, str, list], None]] = None,
-                 on_batch: Optional[Callable[[str, str, int, str, float, float], None]] = None,
+    def __init__(self, config: ServerConfig, work_dir: str, gpus: GpuAssigner, metrics: ServerMetrics,
                  on_change: Optional[Callable[[], None]] = None) -> None:
         self.config = config
         self.work_dir = work_dir
         self.gpus = gpus
+        self.metrics = metrics
         self.models: dict[str, dict[str, ModelVersion]] = {}
         self.defaults: dict[str, str] = {}
-        self._on_metrics = on_metrics
-        self._on_batch = on_batch
         self.on_change = on_change
         self._pending: set[tuple[str, str]] = set()
 
@@ -239,10 +238,11 @@ class ModelRegistry:
                 raise ConflictError(f"Model version {version} for model {name} is already registered.")
             workers = config.min_workers
             threads = self.config.number_of_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+            stats = ModelStats()
             mv = ModelVersion(
                 name, archive, url, config, handler, runtime, self.config,
                 self.gpus.for_model(config.device_type, config.device_ids), threads, opts.loaded_at_startup,
-                self._metrics_sink(name, version), self._batch_observer(name, version), extracted,
+                self._metrics_sink(name, version), _batch_observer(stats), extracted, stats,
             )
         except BaseException:
             if extracted:
@@ -257,18 +257,15 @@ class ModelRegistry:
         finally:
             self._pending.discard(key)
         self.models.setdefault(name, {})[version] = mv
+        self.metrics.models[(name, version)] = mv.stats
         self.defaults.setdefault(name, version)
         log.info("Registered model %s version %s with %d workers", name, version, workers)
         self._changed()
         return mv
 
-    def _metrics_sink(self, name: str, version: str) -> Optional[MetricsSink]:
-        cb = self._on_metrics
-        return None if cb is None else (lambda records: cb(name, version, records))
-
-    def _batch_observer(self, name: str, version: str) -> Optional[BatchObserver]:
-        cb = self._on_batch
-        return None if cb is None else (lambda n, reason, wait, took: cb(name, version, n, reason, wait, took))
+    def _metrics_sink(self, name: str, version: str) -> MetricsSink:
+        metrics = self.metrics
+        return lambda records: metrics.handler_records(name, version, records)
 
     # -- other changes ------------------------------------------------------------------------------
     async def scale(self, name: str, version: Optional[str], min_worker: int, max_worker: Optional[int]) -> ModelVersion:
@@ -288,6 +285,7 @@ class ModelRegistry:
         if version is not None and self.defaults[name] == mv.version and len(versions) > 1:
             raise ForbiddenError(f"Cannot remove default version {mv.version} for model {name}")
         del versions[mv.version]
+        self.metrics.drop_model(mv.name, mv.version)
         if not versions:
             del self.models[name]
             del self.defaults[name]
@@ -304,6 +302,12 @@ class ModelRegistry:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+
+def _batch_observer(stats: ModelStats) -> BatchObserver:
+    def observe(batch: list[InferenceRequest], reason: str, started: float, took: float) -> None:
+        stats.observe_batch([started - r.arrival for r in batch], reason, took)
+    return observe
 
 
 def _stem(url: str) -> str:

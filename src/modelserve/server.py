@@ -9,15 +9,21 @@ from dataclasses import dataclass
 from typing import Optional
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from .config import ServerConfig, split_address
 from .devices import GpuAssigner, detect_gpu_count
 from .errors import ConfigError, ModelLoadError, ModelServeError
 from .http.inference import add_fallback, build_inference_app
 from .http.management import build_management_app
-from .log import ACCESS_LOGGER, get_logger
+from .http.metrics import build_metrics_app
+from .log import ACCESS_LOGGER, METRICS_LOGGER, get_logger
+from .metrics import ServerMetrics
+from .metrics_config import TS_FAMILIES, MetricsSelection, load_metrics_selection
 from .registry import ModelRegistry, RegisterOptions
+from .runtime_metrics import runtime_families
 from .service import InferenceService, ManagementService
+from .sysmetrics import SystemMetrics
 
 log = get_logger()
 
@@ -57,14 +63,36 @@ class AccessLogger(web.AbstractAccessLogger):
                          request.version.major, request.version.minor, response.status, time * 1000)
 
 
+class _Selected:
+    """Everything /metrics shows, less the TorchServe-named families a metrics YAML leaves out."""
+
+    def __init__(self, metrics: ServerMetrics, system: SystemMetrics, selection: MetricsSelection) -> None:
+        self.sources = (metrics, system)
+        self.ts_allowed = selection.ts_metrics
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        allowed = self.ts_allowed
+        for source in self.sources:
+            for fam in source.collect():
+                if allowed is None or fam.name not in TS_FAMILIES or fam.name in allowed:
+                    yield fam
+
+
 class ModelServer:
     def __init__(self, config: ServerConfig, startup_models: list[StartupModel]) -> None:
         self.config = config
         self.startup_models = startup_models
+        selection = load_metrics_selection(config.metrics_config)
+        self.metrics = ServerMetrics(
+            allowed_model_metrics=set(selection.model_metrics) if selection.model_metrics is not None else None,
+            metrics_log=get_logger(METRICS_LOGGER) if config.metrics_mode == "log" else None)
         self.work_dir = tempfile.mkdtemp(prefix="modelserve-")
         gpu_count = config.number_of_gpu if config.number_of_gpu is not None else detect_gpu_count()
-        self.registry = ModelRegistry(config, self.work_dir, GpuAssigner(gpu_count))
-        self.inference = InferenceService(self.registry)
+        self.registry = ModelRegistry(config, self.work_dir, GpuAssigner(gpu_count), self.metrics)
+        self.metrics.runtime_source = lambda: runtime_families(self.registry)
+        self.prometheus = CollectorRegistry(auto_describe=False)
+        self.prometheus.register(_Selected(self.metrics, SystemMetrics(self.metrics.hostname), selection))  # type: ignore[arg-type]
+        self.inference = InferenceService(self.registry, self.metrics)
         self.management = ManagementService(self.registry)
         self._runners: list[web.AppRunner] = []
         self.addresses: list[str] = []
@@ -75,10 +103,13 @@ class ModelServer:
         add_fallback(inference)
         management = build_management_app(self.management, cfg.enable_model_api)
         add_fallback(management)
-        return [
+        apps = [
             ("Inference API", inference, *split_address(cfg.inference_address, 8080)),
             ("Management API", management, *split_address(cfg.management_address, 8081)),
         ]
+        if cfg.enable_metrics_api:
+            apps.append(("Metrics API", build_metrics_app(self.prometheus), *split_address(cfg.metrics_address, 8082)))
+        return apps
 
     async def start(self) -> None:
         """Bind every port, then load the startup models; raise with the reason on failure."""

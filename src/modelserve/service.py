@@ -7,7 +7,8 @@ import time
 import uuid
 from typing import Any, Optional, Union
 
-from .errors import BadRequestError
+from .errors import BadRequestError, ModelServeError
+from .metrics import ServerMetrics
 from .registry import ModelRegistry, ModelVersion, RegisterOptions
 from .types import InferenceRequest, Param, Result
 
@@ -22,9 +23,16 @@ def new_request_id() -> str:
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: ServerMetrics) -> None:
         self.registry = registry
+        self.metrics = metrics
         self.started = False  # set once the startup models are loaded
+
+    def record_error(self, exc: ModelServeError) -> None:
+        """Count an error answered to a client (adapters call this for errors raised before predict)."""
+        self.metrics.count_status(exc.status)
+        if exc.reject_reason is not None:
+            self.metrics.reject(exc.reject_reason)
 
     async def predict(self, model: str, version: Optional[str], params: list[Param], headers: list[str],
                       request_id: str, timeout: Optional[float] = None) -> Union[Result, asyncio.Queue]:
@@ -33,18 +41,26 @@ class InferenceService:
         Returns the final ``Result``, or a queue of streamed Results (the last one ``final``, or an
         exception) when the handler streams.
         """
-        mv = self.registry.get(model, version)
-        now = time.monotonic()
-        req = InferenceRequest(
-            request_id, params, headers, now, asyncio.get_running_loop().create_future(),
-            deadline=now + timeout if timeout else None, size=sum(len(p.data) for p in params),
-        )
-        mv.submit(req)
         try:
-            return await req.future
+            mv = self.registry.get(model, version)
+            now = time.monotonic()
+            req = InferenceRequest(
+                request_id, params, headers, now, asyncio.get_running_loop().create_future(),
+                deadline=now + timeout if timeout else None, size=sum(len(p.data) for p in params),
+            )
+            mv.submit(req)
+            answer = await req.future
+        except ModelServeError as exc:
+            self.record_error(exc)
+            if exc.reject_reason is None and exc.status != 404:
+                mv.stats.observe_request(False, time.monotonic() - now)
+            raise
         except asyncio.CancelledError:
             mv.queue.discard(req)
             raise
+        mv.stats.observe_request(True, time.monotonic() - now)
+        self.metrics.count_status(answer.status if isinstance(answer, Result) else 200)
+        return answer
 
     def healthy(self) -> bool:
         return self.started and all(mv.healthy for mv in self.registry.all_versions())

@@ -27,9 +27,13 @@ class InferenceRoutes:
         info = request.match_info
         try:
             params = await read_params(request, self.max_request_size)
+        except ModelServeError as exc:
+            self.service.record_error(exc)
+            return error_response(exc, rid)
+        try:
             answer = await self.service.predict(
                 info["model_name"], info.get("model_version"), params, flat_headers(request.headers), rid)
-        except ModelServeError as exc:
+        except ModelServeError as exc:  # counted by the service
             return error_response(exc, rid)
         if isinstance(answer, Result):
             return _to_response(answer, rid)
