@@ -70,7 +70,8 @@ class Server:
     """A real ``modelserve --start --foreground`` process on free ports."""
 
     def __init__(self, workdir: Path, store: Path, models: list[str], extra_config: str = "",
-                 args: Optional[list[str]] = None, env: Optional[dict[str, str]] = None) -> None:
+                 args: Optional[list[str]] = None, env: Optional[dict[str, str]] = None,
+                 snapshots: bool = False) -> None:
         self.workdir = workdir
         self.store = store
         self.ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc", "grpc_mgmt")}
@@ -86,7 +87,9 @@ class Server:
             """) + textwrap.dedent(extra_config))
         self.log_dir = workdir / "logs"
         self.cmd = modelserve_cmd() + ["--start", "--foreground", "--ts-config", str(self.config),
-                                       "--log-dir", str(self.log_dir), "--disable-token-auth", "--ncs"]
+                                       "--log-dir", str(self.log_dir), "--disable-token-auth"]
+        if not snapshots:
+            self.cmd.append("--ncs")
         if models:
             self.cmd += ["--models", *models]
         self.cmd += args or []

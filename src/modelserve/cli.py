@@ -151,7 +151,7 @@ async def _serve(args: argparse.Namespace, config: ServerConfig, ready: Any) -> 
     except ConfigError as exc:
         _report(ready, False, f"modelserve: {exc}")
         return 2
-    server = ModelServer(config, models)
+    server = ModelServer(config, models, snapshots=not args.ncs)
     try:
         await server.start()
     except (ConfigError, ModelServeError) as exc:

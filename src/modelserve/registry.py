@@ -53,6 +53,7 @@ class ModelVersion:
         self.url = url
         self.config = config
         self.handler = handler
+        self.handler_override: Optional[str] = None  # a handler given at register time, kept for snapshots
         self.runtime = runtime
         self.loaded_at_startup = loaded_at_startup
         self.extracted = extracted
@@ -244,6 +245,7 @@ class ModelRegistry:
                 self.gpus.for_model(config.device_type, config.device_ids), threads, opts.loaded_at_startup,
                 self._metrics_sink(name, version), _batch_observer(stats), extracted, stats,
             )
+            mv.handler_override = opts.handler
         except BaseException:
             if extracted:
                 shutil.rmtree(archive.model_dir, ignore_errors=True)

@@ -22,6 +22,7 @@ from .metrics import ServerMetrics
 from .metrics_config import TS_FAMILIES, MetricsSelection, load_metrics_selection
 from .registry import ModelRegistry, RegisterOptions
 from .runtime_metrics import runtime_families
+from .snapshot import SavedVersion, load_latest, write_snapshot
 from .service import InferenceService, ManagementService
 from .sysmetrics import SystemMetrics
 
@@ -79,16 +80,19 @@ class _Selected:
 
 
 class ModelServer:
-    def __init__(self, config: ServerConfig, startup_models: list[StartupModel]) -> None:
+    def __init__(self, config: ServerConfig, startup_models: list[StartupModel], snapshots: bool = False) -> None:
         self.config = config
         self.startup_models = startup_models
+        self.snapshots = snapshots
+        self._restoring = False
         selection = load_metrics_selection(config.metrics_config)
         self.metrics = ServerMetrics(
             allowed_model_metrics=set(selection.model_metrics) if selection.model_metrics is not None else None,
             metrics_log=get_logger(METRICS_LOGGER) if config.metrics_mode == "log" else None)
         self.work_dir = tempfile.mkdtemp(prefix="modelserve-")
         gpu_count = config.number_of_gpu if config.number_of_gpu is not None else detect_gpu_count()
-        self.registry = ModelRegistry(config, self.work_dir, GpuAssigner(gpu_count), self.metrics)
+        self.registry = ModelRegistry(config, self.work_dir, GpuAssigner(gpu_count), self.metrics,
+                                      on_change=self._snapshot if snapshots else None)
         self.metrics.runtime_source = lambda: runtime_families(self.registry)
         self.prometheus = CollectorRegistry(auto_describe=False)
         self.prometheus.register(_Selected(self.metrics, SystemMetrics(self.metrics.hostname), selection))  # type: ignore[arg-type]
@@ -125,11 +129,56 @@ class ModelServer:
                 raise ConfigError(f"cannot listen on {host}:{port} for the {label}: {exc.strerror}") from None
             self.addresses.append(f"{label} bound to http://{host}:{port}")
             log.info("%s bound to http://%s:%d", label, host, port)
+        if self.snapshots:
+            await self._restore_snapshot()
         await self._load_startup_models()
         self.inference.started = True
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        if not self.snapshots or self._restoring:
+            return
+        try:
+            write_snapshot(self.config.log_dir, self.registry)
+        except OSError as exc:
+            log.error("could not write the config snapshot: %s", exc)
+
+    async def _restore_snapshot(self) -> None:
+        path, saved = load_latest(self.config.log_dir)
+        if path is None:
+            return
+        log.info("Restoring %d model versions from snapshot %s", len(saved), path)
+        self._restoring = True
+        try:
+            results = await asyncio.gather(*(self._restore_one(v) for v in saved), return_exceptions=True)
+            for v, r in zip(saved, results):
+                if isinstance(r, BaseException):
+                    msg = r.message if isinstance(r, ModelServeError) else repr(r)
+                    log.error("could not restore model %s version %s: %s", v.name, v.version, msg)
+            for v in saved:
+                if v.is_default and v.version in self.registry.models.get(v.name, {}):
+                    self.registry.set_default(v.name, v.version)
+        finally:
+            self._restoring = False
+
+    async def _restore_one(self, v: SavedVersion) -> None:
+        opts = RegisterOptions(model_name=v.name, handler=v.handler, batch_size=v.batch_size,
+                               max_batch_delay=v.max_batch_delay, initial_workers=v.min_workers,
+                               response_timeout=v.response_timeout, startup_timeout=v.startup_timeout,
+                               loaded_at_startup=True)
+        try:
+            url = v.url
+            self.registry.resolve_url(url)
+        except ModelServeError:
+            url = v.path
+        mv = await self.registry.register(url, opts)
+        mv.max_workers = max(v.max_workers, mv.min_workers)
 
     async def _load_startup_models(self) -> None:
         async def load(m: StartupModel) -> None:
+            if m.name and m.name in self.registry.models:
+                log.info("Model %s was restored from the snapshot; not loading %s again", m.name, m.url)
+                return
             mv = await self.registry.register(m.url, RegisterOptions(model_name=m.name, loaded_at_startup=True))
             log.info("Loaded model %s version %s (%d workers)", mv.name, mv.version, len(mv.pool))
 
@@ -150,6 +199,9 @@ class ModelServer:
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()
+        if self.inference.started:
+            self._snapshot()  # the final snapshot, before the models are drained away
+        self.registry.on_change = None
         await self.registry.stop_all(grace)
         for runner in self._runners:
             await runner.cleanup()
