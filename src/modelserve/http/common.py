@@ -48,6 +48,18 @@ def methods(allowed: dict[str, Handler]) -> Handler:
     return dispatch
 
 
+def describe_api(build: Callable[[], Any]) -> Handler:
+    """A handler answering the port's OpenAPI document (built once, on first use)."""
+    cache: list[bytes] = []
+
+    async def describe(request: web.Request) -> web.Response:
+        if not cache:
+            cache.append(orjson.dumps(build()))
+        return web.Response(body=cache[0], headers={"Content-Type": JSON})
+
+    return describe
+
+
 def check_size(request: web.Request, limit: int) -> None:
     length = request.content_length
     if length is not None and length > limit:

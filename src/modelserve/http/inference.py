@@ -9,7 +9,8 @@ from aiohttp import web
 from ..errors import InternalError, ModelServeError
 from ..service import InferenceService, new_request_id
 from ..types import Result
-from .common import error_response, flat_headers, json_response, methods, not_found_route, read_params
+from .common import describe_api, error_response, flat_headers, json_response, methods, not_found_route, read_params
+from .openapi import inference_openapi
 
 
 class InferenceRoutes:
@@ -75,6 +76,9 @@ def build_inference_app(service: InferenceService, max_request_size: int) -> web
     app.router.add_route("*", "/ping", methods({"GET": routes.ping, "POST": routes.ping}))
     app.router.add_route("*", "/predictions/{model_name}", predict)
     app.router.add_route("*", "/predictions/{model_name}/{model_version}", predict)
+    describe = describe_api(inference_openapi)
+    app.router.add_route("*", "/", methods({"OPTIONS": describe}))
+    app.router.add_route("*", "/api-description", methods({"GET": describe, "OPTIONS": describe}))
     app["routes"] = routes
     return app
 

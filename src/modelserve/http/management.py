@@ -11,7 +11,8 @@ from ..errors import BadRequestError, MethodNotAllowedError, ModelServeError
 from ..log import get_logger
 from ..registry import RegisterOptions
 from ..service import ManagementService
-from .common import error_response, json_response, methods
+from .common import describe_api, error_response, json_response, methods
+from .openapi import management_openapi
 
 log = get_logger()
 
@@ -154,5 +155,8 @@ def build_management_app(service: ManagementService, enable_model_api: bool) -> 
     app.router.add_route("*", "/models/{model_name}", model)
     app.router.add_route("*", "/models/{model_name}/{model_version}", model)
     app.router.add_route("*", "/models/{model_name}/{model_version}/set-default", methods({"PUT": routes.set_default}))
+    describe = describe_api(management_openapi)
+    app.router.add_route("*", "/", methods({"OPTIONS": describe}))
+    app.router.add_route("*", "/api-description", methods({"GET": describe, "OPTIONS": describe}))
     app["routes"] = routes
     return app
