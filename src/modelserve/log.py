@@ -51,8 +51,11 @@ def setup_logging(log_dir: str, console: bool, level: str = "INFO", fmt: str = "
             h.close()
         logger.propagate = False
         logger.setLevel(level.upper() if name == SERVER_LOGGER else logging.INFO)
-        if name == ACCESS_LOGGER and not access_log:
-            logger.disabled = True
+        if name == ACCESS_LOGGER:
+            global _access
+            if _access is not None:
+                _access.close()
+            _access = AccessLog(os.path.join(log_dir, filename), console) if access_log else None
             continue
         fh = logging.FileHandler(os.path.join(log_dir, filename), encoding="utf-8")
         fh.setFormatter(formatter if name not in (ACCESS_LOGGER, METRICS_LOGGER) or fmt == "json" else plain)
@@ -63,3 +66,51 @@ def setup_logging(log_dir: str, console: bool, level: str = "INFO", fmt: str = "
 
 def get_logger(name: str = SERVER_LOGGER) -> logging.Logger:
     return logging.getLogger(name)
+
+
+class AccessLog:
+    """The access log, kept off the logging module: a line is one f-string into a buffer.
+
+    Lines are written when ``flush`` runs (the server calls it a few times a second and at stop),
+    so a request costs about a microsecond of logging instead of a LogRecord and a syscall.
+    """
+
+    def __init__(self, path: str, console: bool = False) -> None:
+        self._file = open(path, "a", encoding="utf-8", buffering=1 << 16)
+        self._console = console
+        self._pending: list[str] = []
+        self._stamp_second = -1
+        self._stamp = ""
+
+    def line(self, remote: str, request_line: str, status: int, millis: float) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+        self._pending.append(f'{self._stamp} {remote} "{request_line}" {status} {millis:.3f}\n')
+        if len(self._pending) > 4096:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._file.write(text)
+        self._file.flush()
+        if self._console:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+
+
+_access: Optional[AccessLog] = None
+
+
+def access_log() -> Optional[AccessLog]:
+    """The server's access log, or None when it is turned off."""
+    return _access

@@ -238,7 +238,7 @@ class ModelRegistry:
             if version in self.models.get(name, {}) or key in self._pending:
                 raise ConflictError(f"Model version {version} for model {name} is already registered.")
             workers = config.min_workers
-            threads = self.config.number_of_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+            threads = self.config.number_of_threads or worker_threads(os.cpu_count() or 1, workers)
             stats = ModelStats()
             mv = ModelVersion(
                 name, archive, url, config, handler, runtime, self.config,
@@ -304,6 +304,11 @@ class ModelRegistry:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+
+def worker_threads(cores: int, workers: int) -> int:
+    """Torch threads per worker: the cores left after one for the frontend, shared by the workers."""
+    return max(1, (cores - 1) // max(1, workers)) if cores > 1 else 1
 
 
 def _batch_observer(stats: ModelStats) -> BatchObserver:

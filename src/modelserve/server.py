@@ -17,7 +17,7 @@ from .errors import ConfigError, ModelLoadError, ModelServeError
 from .http.inference import add_fallback, build_inference_app
 from .http.management import build_management_app
 from .http.metrics import build_metrics_app
-from .log import ACCESS_LOGGER, METRICS_LOGGER, get_logger
+from .log import ACCESS_LOGGER, METRICS_LOGGER, access_log, get_logger
 from .metrics import ServerMetrics
 from .metrics_config import TS_FAMILIES, MetricsSelection, load_metrics_selection
 from .registry import ModelRegistry, RegisterOptions
@@ -57,11 +57,18 @@ def parse_model_args(values: list[str], model_store: Optional[str]) -> list[Star
 
 
 class AccessLogger(web.AbstractAccessLogger):
-    """``<ip> "<METHOD> <path> <proto>" <status> <ms>``."""
+    """``<time> <ip> "<METHOD> <path> <proto>" <status> <ms>``, through the buffered access log."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info('%s "%s %s HTTP/%d.%d" %d %.3f', request.remote, request.method, request.path_qs,
-                         request.version.major, request.version.minor, response.status, time * 1000)
+        out = access_log()
+        if out is not None:
+            v = request.version
+            out.line(request.remote or "-", f"{request.method} {request.path_qs} HTTP/{v.major}.{v.minor}",
+                     response.status, time * 1000)
+
+    @property
+    def enabled(self) -> bool:
+        return access_log() is not None
 
 
 class _Selected:
@@ -100,6 +107,7 @@ class ModelServer:
         self.management = ManagementService(self.registry)
         self._runners: list[web.AppRunner] = []
         self.addresses: list[str] = []
+        self._flusher: Optional[asyncio.Task] = None
 
     def _apps(self) -> list[tuple[str, web.Application, str, int]]:
         cfg = self.config
@@ -129,11 +137,19 @@ class ModelServer:
                 raise ConfigError(f"cannot listen on {host}:{port} for the {label}: {exc.strerror}") from None
             self.addresses.append(f"{label} bound to http://{host}:{port}")
             log.info("%s bound to http://%s:%d", label, host, port)
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_access_log())
         if self.snapshots:
             await self._restore_snapshot()
         await self._load_startup_models()
         self.inference.started = True
         self._snapshot()
+
+    async def _flush_access_log(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            out = access_log()
+            if out is not None:
+                out.flush()
 
     def _snapshot(self) -> None:
         if not self.snapshots or self._restoring:
@@ -206,5 +222,10 @@ class ModelServer:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        out = access_log()
+        if out is not None:
+            out.flush()
         shutil.rmtree(self.work_dir, ignore_errors=True)
         log.info("Model server stopped")
