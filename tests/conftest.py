@@ -71,7 +71,7 @@ class Server:
 
     def __init__(self, workdir: Path, store: Path, models: list[str], extra_config: str = "",
                  args: Optional[list[str]] = None, env: Optional[dict[str, str]] = None,
-                 snapshots: bool = False) -> None:
+                 snapshots: bool = False, auth: bool = False) -> None:
         self.workdir = workdir
         self.store = store
         self.ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc", "grpc_mgmt")}
@@ -87,7 +87,9 @@ class Server:
             """) + textwrap.dedent(extra_config))
         self.log_dir = workdir / "logs"
         self.cmd = modelserve_cmd() + ["--start", "--foreground", "--ts-config", str(self.config),
-                                       "--log-dir", str(self.log_dir), "--disable-token-auth"]
+                                       "--log-dir", str(self.log_dir)]
+        if not auth:
+            self.cmd.append("--disable-token-auth")
         if not snapshots:
             self.cmd.append("--ncs")
         if models:
@@ -124,12 +126,22 @@ class Server:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.read_output()}")
             try:
-                if requests.get(self.url + "/ping", timeout=2).status_code == 200:
+                if requests.get(self.url + "/ping", timeout=2, headers=self.auth_headers("inference")).status_code == 200:
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"server not ready after {timeout} s:\n{self.read_output()}")
+
+    def keys(self) -> dict[str, str]:
+        path = self.workdir / "key_file.json"
+        if not path.exists():
+            return {}
+        return {kind: entry["key"] for kind, entry in json.loads(path.read_text()).items()}
+
+    def auth_headers(self, kind: str) -> dict[str, str]:
+        key = self.keys().get(kind)
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
     def read_output(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""
@@ -146,7 +158,7 @@ class Server:
 
     def describe(self, name: str, version: Optional[str] = None) -> list[dict[str, Any]]:
         url = f"{self.mgmt}/models/{name}" + (f"/{version}" if version else "")
-        r = requests.get(url, timeout=30)
+        r = requests.get(url, timeout=30, headers=self.auth_headers("management"))
         r.raise_for_status()
         return r.json()
 

@@ -114,5 +114,5 @@ def test_access_log_lines(model_store, server_factory):
     requests.post(srv.url + "/predictions/metered", data="x", headers={"Content-Type": "text/plain"})
     srv.stop()
     lines = (srv.log_dir / "access_log.log").read_text().splitlines()
-    assert any('"POST /predictions/metered HTTP/1.1" 200' in line and line.split()[2] == "127.0.0.1"
+    assert any('"POST /predictions/metered HTTP/1.1" 200' in line and line.split()[1] == "127.0.0.1"
                for line in lines), lines

@@ -14,9 +14,13 @@ from prometheus_client import CollectorRegistry
 from .config import ServerConfig, split_address
 from .devices import GpuAssigner, detect_gpu_count
 from .errors import ConfigError, ModelLoadError, ModelServeError
+from .grpc.server import GrpcServers
 from .http.inference import add_fallback, build_inference_app
 from .http.management import build_management_app
+from .auth import TokenAuth
+from .http.common import token_guard
 from .http.metrics import build_metrics_app
+from .http.v2 import add_oip_routes
 from .log import ACCESS_LOGGER, METRICS_LOGGER, access_log, get_logger
 from .metrics import ServerMetrics
 from .metrics_config import TS_FAMILIES, MetricsSelection, load_metrics_selection
@@ -104,23 +108,29 @@ class ModelServer:
         self.prometheus = CollectorRegistry(auto_describe=False)
         self.prometheus.register(_Selected(self.metrics, SystemMetrics(self.metrics.hostname), selection))  # type: ignore[arg-type]
         self.inference = InferenceService(self.registry, self.metrics)
+        self.auth = None if config.disable_token_auth else TokenAuth(config.key_file or "key_file.json",
+                                                                      config.token_expiration_min)
         self.management = ManagementService(self.registry)
         self._runners: list[web.AppRunner] = []
         self.addresses: list[str] = []
         self._flusher: Optional[asyncio.Task] = None
+        self._grpc: Optional[GrpcServers] = None
 
     def _apps(self) -> list[tuple[str, web.Application, str, int]]:
         cfg = self.config
-        inference = build_inference_app(self.inference, cfg.max_request_size)
+        inference = build_inference_app(self.inference, cfg.max_request_size, self.auth, cfg.auth_exempt_health)
+        add_oip_routes(inference, self.inference, cfg.max_request_size)
         add_fallback(inference)
-        management = build_management_app(self.management, cfg.enable_model_api)
+        management = build_management_app(self.management, cfg.enable_model_api, self.auth)
         add_fallback(management)
         apps = [
             ("Inference API", inference, *split_address(cfg.inference_address, 8080)),
             ("Management API", management, *split_address(cfg.management_address, 8081)),
         ]
         if cfg.enable_metrics_api:
-            apps.append(("Metrics API", build_metrics_app(self.prometheus), *split_address(cfg.metrics_address, 8082)))
+            guard = None if cfg.auth_exempt_health else token_guard(self.auth, "management")
+            apps.append(("Metrics API", build_metrics_app(self.prometheus, guard),
+                         *split_address(cfg.metrics_address, 8082)))
         return apps
 
     async def start(self) -> None:
@@ -137,6 +147,9 @@ class ModelServer:
                 raise ConfigError(f"cannot listen on {host}:{port} for the {label}: {exc.strerror}") from None
             self.addresses.append(f"{label} bound to http://{host}:{port}")
             log.info("%s bound to http://%s:%d", label, host, port)
+        if self.config.enable_grpc:
+            self._grpc = GrpcServers(self.config, self.inference, self.management, self.auth)
+            self.addresses += await self._grpc.start()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_access_log())
         if self.snapshots:
             await self._restore_snapshot()
@@ -215,10 +228,14 @@ class ModelServer:
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()
+        if self._grpc is not None:
+            self._grpc.begin_stop(grace)
         if self.inference.started:
             self._snapshot()  # the final snapshot, before the models are drained away
         self.registry.on_change = None
         await self.registry.stop_all(grace)
+        if self._grpc is not None:
+            await self._grpc.wait_stopped()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

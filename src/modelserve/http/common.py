@@ -34,10 +34,18 @@ def not_found_route(request: web.Request) -> Awaitable[web.Response]:
     return respond()
 
 
-def methods(allowed: dict[str, Handler]) -> Handler:
-    """One route for every method: dispatch, or a JSON 405 (aiohttp's own 405 is not JSON)."""
+Guard = Callable[[web.Request], None]  # raises a ModelServeError (e.g. 401) to refuse a request
+
+
+def methods(allowed: dict[str, Handler], guard: Optional[Guard] = None) -> Handler:
+    """One route for every method: check the guard, dispatch, or answer a JSON 405."""
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
+        if guard is not None:
+            try:
+                guard(request)
+            except ModelServeError as exc:
+                return error_response(exc)
         handler = allowed.get(request.method)
         if handler is None:
             resp = error_response(MethodNotAllowedError(f"Method {request.method} is not allowed on this resource"))
@@ -46,6 +54,22 @@ def methods(allowed: dict[str, Handler]) -> Handler:
         return await handler(request)
 
     return dispatch
+
+
+def token_guard(auth: Any, kind: str, on_reject: Optional[Callable[[ModelServeError], None]] = None) -> Optional[Guard]:
+    """A guard requiring the ``kind`` key, or None when token authorization is off."""
+    if auth is None:
+        return None
+
+    def guard(request: web.Request) -> None:
+        try:
+            auth.check(kind, request.headers.get("Authorization"))
+        except ModelServeError as exc:
+            if on_reject is not None:
+                on_reject(exc)
+            raise
+
+    return guard
 
 
 def describe_api(build: Callable[[], Any]) -> Handler:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -9,7 +10,8 @@ from aiohttp import web
 from ..errors import InternalError, ModelServeError
 from ..service import InferenceService, new_request_id
 from ..types import Result
-from .common import describe_api, error_response, flat_headers, json_response, methods, not_found_route, read_params
+from .common import (describe_api, error_response, flat_headers, json_response, methods, not_found_route, read_params,
+                     token_guard)
 from .openapi import inference_openapi
 
 
@@ -69,16 +71,21 @@ async def _stream(request: web.Request, chunks: asyncio.Queue, rid: str) -> web.
     return resp
 
 
-def build_inference_app(service: InferenceService, max_request_size: int) -> web.Application:
+def build_inference_app(service: InferenceService, max_request_size: int, auth: Any = None,
+                        exempt_health: bool = True) -> web.Application:
     routes = InferenceRoutes(service, max_request_size)
     app = web.Application(client_max_size=max_request_size)
-    predict = methods({"POST": routes.predict, "PUT": routes.predict})
-    app.router.add_route("*", "/ping", methods({"GET": routes.ping, "POST": routes.ping}))
+    guard = token_guard(auth, "inference", service.record_error if service is not None else None)
+    health_guard = None if exempt_health else guard
+    predict = methods({"POST": routes.predict, "PUT": routes.predict}, guard)
+    app.router.add_route("*", "/ping", methods({"GET": routes.ping, "POST": routes.ping}, health_guard))
     app.router.add_route("*", "/predictions/{model_name}", predict)
     app.router.add_route("*", "/predictions/{model_name}/{model_version}", predict)
     describe = describe_api(inference_openapi)
-    app.router.add_route("*", "/", methods({"OPTIONS": describe}))
-    app.router.add_route("*", "/api-description", methods({"GET": describe, "OPTIONS": describe}))
+    app.router.add_route("*", "/", methods({"OPTIONS": describe}, guard))
+    app.router.add_route("*", "/api-description", methods({"GET": describe, "OPTIONS": describe}, guard))
+    app["guard"] = guard
+    app["health_guard"] = health_guard
     app["routes"] = routes
     return app
 

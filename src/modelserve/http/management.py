@@ -11,7 +11,7 @@ from ..errors import BadRequestError, MethodNotAllowedError, ModelServeError
 from ..log import get_logger
 from ..registry import RegisterOptions
 from ..service import ManagementService
-from .common import describe_api, error_response, json_response, methods
+from .common import describe_api, error_response, json_response, methods, token_guard
 from .openapi import management_openapi
 
 log = get_logger()
@@ -147,16 +147,25 @@ class ManagementRoutes:
         return json_response({"status": f'Default version successfully updated for model "{name}" to "{version}"'})
 
 
-def build_management_app(service: ManagementService, enable_model_api: bool) -> web.Application:
+def build_management_app(service: ManagementService, enable_model_api: bool, auth: Any = None) -> web.Application:
     routes = ManagementRoutes(service, enable_model_api)
     app = web.Application()
-    app.router.add_route("*", "/models", methods({"GET": routes.list_models, "POST": routes.register}))
-    model = methods({"GET": routes.describe, "PUT": routes.scale, "DELETE": routes.unregister})
+    guard = token_guard(auth, "management")
+    app.router.add_route("*", "/models", methods({"GET": routes.list_models, "POST": routes.register}, guard))
+    model = methods({"GET": routes.describe, "PUT": routes.scale, "DELETE": routes.unregister}, guard)
     app.router.add_route("*", "/models/{model_name}", model)
     app.router.add_route("*", "/models/{model_name}/{model_version}", model)
-    app.router.add_route("*", "/models/{model_name}/{model_version}/set-default", methods({"PUT": routes.set_default}))
+    app.router.add_route("*", "/models/{model_name}/{model_version}/set-default",
+                         methods({"PUT": routes.set_default}, guard))
     describe = describe_api(management_openapi)
-    app.router.add_route("*", "/", methods({"OPTIONS": describe}))
-    app.router.add_route("*", "/api-description", methods({"GET": describe, "OPTIONS": describe}))
+    app.router.add_route("*", "/", methods({"OPTIONS": describe}, guard))
+    app.router.add_route("*", "/api-description", methods({"GET": describe, "OPTIONS": describe}, guard))
+    if auth is not None:
+        async def token(request: web.Request) -> web.Response:
+            try:
+                return json_response(auth.rotate(request.query.get("type"), request.headers.get("Authorization")))
+            except ModelServeError as exc:
+                return error_response(exc)
+        app.router.add_route("*", "/token", methods({"GET": token}))
     app["routes"] = routes
     return app

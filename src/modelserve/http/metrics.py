@@ -1,14 +1,14 @@
 """``GET /metrics`` on the metrics port: Prometheus text format."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .common import methods
+from .common import Guard, methods
 
 
 class _Filtered:
@@ -22,7 +22,7 @@ class _Filtered:
                 yield fam
 
 
-def build_metrics_app(registry: CollectorRegistry) -> web.Application:
+def build_metrics_app(registry: CollectorRegistry, guard: Optional[Guard] = None) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         names = set(request.query.getall("name[]", []))
         source = registry
@@ -32,5 +32,5 @@ def build_metrics_app(registry: CollectorRegistry) -> web.Application:
         return web.Response(body=generate_latest(source), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
-    app.router.add_route("*", "/metrics", methods({"GET": metrics}))
+    app.router.add_route("*", "/metrics", methods({"GET": metrics}, guard))
     return app
