@@ -45,6 +45,9 @@ class ServerConfig:
     load_models: Optional[str] = field(default=None, metadata=_doc("models to load at start: 'all' or comma-separated [name=]archive"))
     default_workers_per_model: int = field(default=0, metadata=_doc("workers per model when the model does not say; 0 = number of GPUs, else CPU cores", int))
     job_queue_size: int = field(default=100, metadata=_doc("queued requests per model version before 503", int))
+    job_queue_max_bytes: int = field(default=256 * 1024**2, metadata=_doc("queued request bytes per model version before 503", int))
+    worker_ping_interval: float = field(default=10.0, metadata=_doc("seconds between pings of idle workers; 0 turns pings off", float))
+    worker_ping_timeout: float = field(default=10.0, metadata=_doc("seconds a worker may take to answer a ping before it is replaced", float))
     default_response_timeout: int = field(default=120, metadata=_doc("seconds a batch may take before 504 and a worker restart", int))
     default_startup_timeout: int = field(default=120, metadata=_doc("seconds a worker may take to load its model", int))
     max_request_size: int = field(default=6553500, metadata=_doc("largest request body in bytes (413 above)", int))
@@ -57,7 +60,7 @@ class ServerConfig:
     key_file: Optional[str] = field(default=None, metadata=_doc("where the token key file lives (default ./key_file.json)"))
     token_expiration_min: float = field(default=60, metadata=_doc("minutes an inference/management key stays valid", float))
     auth_exempt_health: bool = field(default=True, metadata=_doc("leave /ping, /v2/health/* and /metrics open to probes when token auth is on", _bool))
-    allowed_urls: str = field(default="", metadata=_doc("comma-separated regexes of model URLs allowed for registration"))
+    allowed_urls: str = field(default="", metadata=_doc("comma-separated regexes (full match) of URLs the register API may load beyond the model store, e.g. https://models\\.example\\.com/.*; file:// patterns allow local paths"))
     metrics_mode: str = field(default="prometheus", metadata=_doc("'prometheus' or 'log' (log also writes model_metrics.log)"))
     metrics_config: Optional[str] = field(default=None, metadata=_doc("YAML naming the metrics to emit (TorchServe's metrics.yaml layout)"))
     enable_metrics_api: bool = field(default=True, metadata=_doc("serve GET /metrics", _bool))
@@ -166,6 +169,7 @@ def split_address(address: str, default_port: int) -> tuple[str, int]:
 # --- per-model configuration ---------------------------------------------------------------------
 
 _MODEL_KEYS = {
+    "clientTimeoutInMills": ("client_timeout_ms", int),
     "minWorkers": ("min_workers", int),
     "maxWorkers": ("max_workers", int),
     "batchSize": ("batch_size", int),
@@ -187,6 +191,7 @@ class ModelConfig:
     max_batch_delay: int = 100  # ms
     response_timeout: int = 120  # s
     startup_timeout: int = 120  # s
+    client_timeout_ms: int = 0  # a queued request older than this is dropped (0: never)
     device_type: Optional[str] = None  # "cpu" | "gpu" | None (auto)
     device_ids: Optional[tuple[int, ...]] = None
     yaml: dict[str, Any] = field(default_factory=dict, compare=False)

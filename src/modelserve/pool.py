@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional
 import orjson
 
 from .batching import RequestQueue
-from .errors import GatewayTimeoutError, ModelLoadError, ServiceUnavailableError, WorkerError, error_for_status
+from .errors import (GatewayTimeoutError, ModelLoadError, ModelServeError, ServiceUnavailableError, WorkerError,
+                     error_for_status)
 from .log import MODEL_LOGGER, get_logger
 from .types import InferenceRequest, Result
 from .wire import FrameDecoder, Kind, encode, split_blobs
@@ -89,6 +90,8 @@ class WorkerSpec:
     threads: int
     startup_timeout: float
     response_timeout: float
+    ping_interval: float = 10.0  # 0: no pings
+    ping_timeout: float = 10.0
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -399,9 +402,12 @@ class _Slot:
         delay = pool.max_batch_delay
         loop = asyncio.get_running_loop()
         serve = loop.create_task(self._serve_loop(worker, queue, batch_size, delay))
+        pinger = loop.create_task(self._ping_loop(worker)) if pool.spec.ping_interval > 0 else None
         try:
             await asyncio.wait([serve, worker.exited], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if pinger is not None:
+                pinger.cancel()
             if not serve.done():
                 serve.cancel()
             try:
@@ -410,6 +416,26 @@ class _Slot:
                 pass
         if not worker.exited.done():
             await worker.stop()
+
+    async def _ping_loop(self, worker: WorkerProcess) -> None:
+        """Ping the worker while it is idle; one that does not answer is hung and is replaced.
+
+        A busy worker is not pinged: its batch is bounded by response_timeout instead.
+        """
+        spec = self.pool.spec
+        while not worker.exited.done():
+            await asyncio.sleep(spec.ping_interval)
+            if worker._batch is not None or worker.exited.done():
+                continue
+            try:
+                await worker.request(Kind.PING, Kind.PONG, spec.ping_timeout, {"t": time.time()})
+            except asyncio.TimeoutError:
+                log.error("%s did not answer a ping within %g s; replacing it", worker.tag, spec.ping_timeout)
+                worker.exit_reason = f"did not answer a ping within {spec.ping_timeout:g} s"
+                worker.kill()
+                return
+            except ModelServeError:
+                return
 
     async def _serve_loop(self, worker: WorkerProcess, queue: RequestQueue, batch_size: int, delay: float) -> None:
         observe = self.pool.on_batch

@@ -14,6 +14,7 @@ from .archive import LoadedArchive, open_archive, validate_model_name
 from .batching import RequestQueue
 from .config import ModelConfig, ServerConfig
 from .devices import GpuAssigner
+from .fetch import allowed, compile_patterns, download, inside, is_remote
 from .errors import (BadRequestError, ConflictError, ForbiddenError, ModelLoadError, NotFoundError,
                      ServiceUnavailableError)
 from .log import get_logger
@@ -58,7 +59,7 @@ class ModelVersion:
         self.loaded_at_startup = loaded_at_startup
         self.extracted = extracted
         self.registered_at = time.time()
-        self.queue = RequestQueue(server.job_queue_size)
+        self.queue = RequestQueue(server.job_queue_size, server.job_queue_max_bytes)
         self.min_workers = config.min_workers
         self.max_workers = config.max_workers
         spec = WorkerSpec(
@@ -66,6 +67,7 @@ class ModelVersion:
             handler=handler, batch_size=config.batch_size, model_yaml_config=config.yaml,
             max_response_size=server.max_response_size, threads=threads,
             startup_timeout=float(config.startup_timeout), response_timeout=float(config.response_timeout),
+            ping_interval=server.worker_ping_interval, ping_timeout=server.worker_ping_timeout,
         )
         self.pool = WorkerPool(spec, self.queue, config.max_batch_delay, next_gpu, on_metrics, on_batch)
 
@@ -126,7 +128,7 @@ class ModelVersion:
             "responseTimeout": cfg.response_timeout,
             "startupTimeout": cfg.startup_timeout,
             "maxRetryTimeoutInSec": 300,
-            "clientTimeoutInMills": 0,
+            "clientTimeoutInMills": cfg.client_timeout_ms,
             "parallelType": "",
             "parallelLevel": 0,
             "deviceType": cfg.device_type or ("gpu" if any(w["gpu"] for w in workers) else "cpu"),
@@ -158,6 +160,7 @@ class ModelRegistry:
         self.models: dict[str, dict[str, ModelVersion]] = {}
         self.defaults: dict[str, str] = {}
         self.on_change = on_change
+        self._allowed = compile_patterns(config.allowed_urls)
         self._pending: set[tuple[str, str]] = set()
 
     # -- lookup -------------------------------------------------------------------------------------
@@ -187,30 +190,46 @@ class ModelRegistry:
         return self.gpus.gpu_count or (os.cpu_count() or 1)
 
     # -- archives -----------------------------------------------------------------------------------
-    def resolve_url(self, url: str) -> str:
-        """A name in the model store, or an absolute path; never a path that climbs out."""
+    def resolve_url(self, url: str, trusted: bool = False) -> str:
+        """A local archive for ``url``: a name in the model store, or an absolute path.
+
+        Untrusted (API) registrations may only name the model store, or what ``allowed_urls`` allows;
+        startup models and snapshots are the operator's own and may name any local path.
+        """
         if not url:
             raise BadRequestError("Parameter url is required.")
+        if url.startswith("file://"):
+            url = url[len("file://"):]
         if ".." in url.replace("\\", "/").split("/"):
             raise NotFoundError(f"Relative path is not allowed in url: {url}")
+        store = self.config.model_store
         if os.path.isabs(url):
             path = url
-        else:
-            store = self.config.model_store
-            if not store:
-                raise NotFoundError(f"Model store has not been configured; cannot find {url}")
+        elif store:
             path = os.path.join(store, url)
+        else:
+            raise NotFoundError(f"Model store has not been configured; cannot find {url}")
+        if not trusted and not (store and inside(store, path)) and not allowed("file://" + path, self._allowed):
+            raise NotFoundError(f"Given URL {url} does not match any allowed URL(s)")
         if not os.path.exists(path):
             raise NotFoundError(f"Model not found in model store: {url}")
         return path
+
+    async def _locate(self, url: str, trusted: bool) -> str:
+        if not is_remote(url):
+            return self.resolve_url(url, trusted)
+        if not allowed(url, self._allowed):
+            raise NotFoundError(f"Given URL {url} does not match any allowed URL(s)")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, download, url, self.config.model_store, self.config.archive_max_bytes)
 
     def _open(self, path: str) -> tuple[LoadedArchive, bool]:
         archive = open_archive(path, self.work_dir, self.config.archive_max_bytes, self.config.archive_max_files)
         return archive, archive.extracted
 
     # -- register -----------------------------------------------------------------------------------
-    async def register(self, url: str, opts: RegisterOptions) -> ModelVersion:
-        path = self.resolve_url(url)
+    async def register(self, url: str, opts: RegisterOptions, trusted: bool = False) -> ModelVersion:
+        path = await self._locate(url, trusted)
         loop = asyncio.get_running_loop()
         archive, extracted = await loop.run_in_executor(None, self._open, path)
         try:

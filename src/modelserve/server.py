@@ -137,8 +137,10 @@ class ModelServer:
         """Bind every port, then load the startup models; raise with the reason on failure."""
         access = get_logger(ACCESS_LOGGER) if self.config.enable_access_log else None
         for label, app, host, port in self._apps():
+            # handler_cancellation: a client that goes away frees its queue slot at once
             runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
-                                   access_log=access)
+                                   access_log=access, handler_cancellation=True,
+                                   shutdown_timeout=float(self.config.shutdown_grace_seconds))
             await runner.setup()
             self._runners.append(runner)
             try:
@@ -197,10 +199,10 @@ class ModelServer:
                                loaded_at_startup=True)
         try:
             url = v.url
-            self.registry.resolve_url(url)
+            self.registry.resolve_url(url, trusted=True)
         except ModelServeError:
             url = v.path
-        mv = await self.registry.register(url, opts)
+        mv = await self.registry.register(url, opts, trusted=True)
         mv.max_workers = max(v.max_workers, mv.min_workers)
 
     async def _load_startup_models(self) -> None:
@@ -208,7 +210,8 @@ class ModelServer:
             if m.name and m.name in self.registry.models:
                 log.info("Model %s was restored from the snapshot; not loading %s again", m.name, m.url)
                 return
-            mv = await self.registry.register(m.url, RegisterOptions(model_name=m.name, loaded_at_startup=True))
+            mv = await self.registry.register(m.url, RegisterOptions(model_name=m.name, loaded_at_startup=True),
+                                              trusted=True)
             log.info("Loaded model %s version %s (%d workers)", mv.name, mv.version, len(mv.pool))
 
         results = await asyncio.gather(*(load(m) for m in self.startup_models), return_exceptions=True)

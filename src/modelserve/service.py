@@ -44,6 +44,8 @@ class InferenceService:
         try:
             mv = self.registry.get(model, version)
             now = time.monotonic()
+            if timeout is None and mv.config.client_timeout_ms:
+                timeout = mv.config.client_timeout_ms / 1000.0
             req = InferenceRequest(
                 request_id, params, headers, now, asyncio.get_running_loop().create_future(),
                 deadline=now + timeout if timeout else None, size=sum(len(p.data) for p in params),

@@ -5,6 +5,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from ..errors import BadRequestError, MethodNotAllowedError, ModelServeError, NotFoundError, RequestTooLargeError
@@ -117,7 +118,7 @@ async def read_params(request: web.Request, limit: int) -> list[Param]:
                     raise RequestTooLargeError(f"Request body exceeds max_request_size ({limit})")
                 part_ct = part.headers.get("Content-Type") or ("application/octet-stream" if part.filename else "text/plain")
                 params.append(Param(part.name or "data", part_ct, bytes(data)))
-        except (ValueError, AssertionError, RuntimeError) as exc:
+        except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
             raise BadRequestError(f"Malformed multipart body: {exc}") from None
         return params
     if lower.startswith("application/x-www-form-urlencoded"):

@@ -15,6 +15,7 @@ from ..handler import Context, PredictionException
 from ..wire import Kind, encode, read_frame, split_blobs
 from .codec import InputError, decode_input, encode_output
 from .loader import LoadedHandler, load_handler
+from .tensors import OIP_TENSOR, encode_outputs
 from .metrics import HandlerMetrics
 
 SPEC_ENV = "MODELSERVE_WORKER_SPEC"
@@ -59,19 +60,18 @@ class Worker:
         self.context._send_partial = self._send_partial
         self.handler: Optional[LoadedHandler] = None
         self._batch_id: Any = None
+        self._oip: list[bool] = []  # per handler input: an Open Inference Protocol request (tensors)
 
     # -- load --------------------------------------------------------------------------------
     def load(self) -> bool:
         threads = int(self.spec.get("threads") or 0)
         try:
-            if threads > 0:
-                try:
-                    import torch
-
-                    torch.set_num_threads(threads)
-                except ImportError:
-                    pass
             self.handler = load_handler(self.spec["handler"], self.context)
+            # OMP_NUM_THREADS (set by the frontend) covers torch imported during the load; this covers
+            # a handler that imported torch before, without importing it for handlers that never do.
+            torch = sys.modules.get("torch")
+            if threads > 0 and torch is not None:
+                torch.set_num_threads(threads)
         except BaseException as exc:  # noqa: BLE001 - every load failure must reach the frontend
             text = _error_text(exc)
             sys.stderr.write(text)
@@ -115,18 +115,20 @@ class Worker:
         ids: list[str] = []
         headers: list[dict[str, str]] = []
         index: list[int] = []  # batch position of each handler input
+        self._oip = oip = []
         pos = 0
         for i, (rid, params, hdrs) in enumerate(reqs):
             item: dict[str, Any] = {}
             try:
                 for name, ct in params:
-                    item[name] = decode_input(ct, blobs[pos])
+                    item[name] = decode_input(ct, blobs[pos], name)
                     pos += 1
             except InputError as exc:
                 pos += len(params) - len(item)
                 results[i] = [400, "", None, str(exc)]
                 continue
             data.append(item)
+            oip.append(any(ct.startswith(OIP_TENSOR) for _, ct in params))
             ids.append(rid)
             headers.append(dict(zip(hdrs[::2], hdrs[1::2])) if hdrs else {})
             index.append(i)
@@ -177,7 +179,7 @@ class Worker:
             message = status[1] or (item if isinstance(item, str) else f"request rejected with status {status[0]}")
             return [status[0], "", extra, message]
         try:
-            ct, body = encode_output(item, ctx._content_type[j])
+            ct, body = self._encode(j, item)
         except TypeError as exc:
             return [500, "", None, f"cannot serialise the handler's result: {exc}"]
         if len(body) > self.max_response:
@@ -185,15 +187,21 @@ class Worker:
         bodies[i] = body
         return [status[0] if status is not None else 200, ct, extra, None]
 
+    def _encode(self, j: int, item: Any) -> tuple[str, bytes]:
+        """Request ``j``'s answer: named tensors for OIP requests, else by the item's type."""
+        if j < len(self._oip) and self._oip[j]:
+            return encode_outputs(item, self.context.model_yaml_config.get("outputs") or [])
+        ctx = self.context
+        return encode_output(item, ctx._content_type[j] if j < len(ctx._content_type) else None)
+
     def _send_partial(self, items: list[Any], request_ids: dict[int, str], msg: str, code: int) -> None:
         """Send one intermediate result per request of the batch (streaming)."""
-        ctx = self.context
         records = []
         bodies = []
         for j, item in enumerate(items):
             if item is None:
                 continue
-            ct, body = encode_output(item, ctx._content_type[j] if j < len(ctx._content_type) else None)
+            ct, body = self._encode(j, item)
             records.append([request_ids.get(j), code, ct, msg or None])
             bodies.append(body)
         self.sock.sendall(encode(Kind.PARTIAL, {"id": self._batch_id, "r": records}, bodies))
