@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Optional
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
@@ -122,9 +123,11 @@ async def read_params(request: web.Request, limit: int) -> list[Param]:
             raise BadRequestError(f"Malformed multipart body: {exc}") from None
         return params
     if lower.startswith("application/x-www-form-urlencoded"):
-        check_size(request, limit)
-        form = await request.post()
-        return [Param(k, "text/plain", str(v).encode()) for k, v in form.items()]
+        body = await read_body(request, limit)
+        if b"=" not in body:  # `curl -d 5.0` sends a bare value under this type: keep it as the body
+            return [Param("body", "text/plain", body)]
+        return [Param(k, "text/plain", v.encode()) for k, v in parse_qsl(body.decode("utf-8", "replace"),
+                                                                           keep_blank_values=True)]
     return [Param("body", ct or "application/octet-stream", await read_body(request, limit))]
 
 
