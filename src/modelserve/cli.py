@@ -9,10 +9,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from . import __version__
 from .config import ServerConfig, load_server_config
+from .envconfig import env_report
 from .errors import ConfigError, ModelServeError
 from .log import get_logger, setup_logging
 
@@ -44,14 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(args: argparse.Namespace) -> tuple[ServerConfig, tuple[str, ...], tuple[str, ...]]:
+def _config(args: argparse.Namespace) -> tuple[ServerConfig, tuple[str, ...], tuple[str, ...], list[tuple[int, str]]]:
     overrides: dict[str, Any] = {"model_store": args.model_store, "log_dir": args.log_dir}
     if args.disable_token_auth:
         overrides["disable_token_auth"] = True
     if args.enable_model_api:
         overrides["enable_model_api"] = True
     loaded = load_server_config(args.ts_config, overrides)
-    return loaded.config, loaded.unknown, loaded.ignored
+    from_env = tuple(k for k in loaded.from_env if not (k == "load_models" and args.models))  # --models wins
+    return loaded.config, loaded.unknown, loaded.ignored, env_report(from_env, loaded.unknown_env)
 
 
 def _running_pid() -> Optional[int]:
@@ -81,19 +83,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("modelserve is already running; stop it first with: modelserve --stop", file=sys.stderr)
         return 1
     try:
-        config, unknown, ignored = _config(args)
+        config, unknown, ignored, env_lines = _config(args)
     except ConfigError as exc:
         print(f"modelserve: {exc}", file=sys.stderr)
         return 2
     if args.foreground or args.ready_fd is not None:
-        return run_foreground(args, config, unknown, ignored)
+        return run_foreground(args, config, unknown, ignored, env_lines)
     return start_daemon(argv if argv is not None else sys.argv[1:], config)
 
 
 # -- foreground: the server process itself -----------------------------------------------------------
 
 def run_foreground(args: argparse.Namespace, config: ServerConfig, unknown: tuple[str, ...],
-                   ignored: tuple[str, ...]) -> int:
+                   ignored: tuple[str, ...], env_lines: Sequence[tuple[int, str]] = ()) -> int:
     setup_logging(config.log_dir, console=args.ready_fd is None, level=config.log_level, fmt=config.log_format,
                   access_log=config.enable_access_log)
     log = get_logger()
@@ -101,6 +103,8 @@ def run_foreground(args: argparse.Namespace, config: ServerConfig, unknown: tupl
         log.warning("config: ignoring unknown keys: %s", ", ".join(unknown))
     if ignored:
         log.warning("config: TorchServe keys that modelserve does not use (ignored): %s", ", ".join(ignored))
+    for level, line in env_lines:  # which keys MODELSERVE_* variables set
+        log.log(level, "%s", line)
     if config.use_uvloop:
         try:
             import uvloop

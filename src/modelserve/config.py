@@ -72,6 +72,7 @@ class ServerConfig:
     archive_max_files: int = field(default=10_000, metadata=_doc("most files in an archive", int))
     shutdown_grace_seconds: int = field(default=30, metadata=_doc("how long shutdown waits for queued and in-flight requests", int))
     number_of_threads: int = field(default=0, metadata=_doc("torch threads per worker; 0 = cores / workers", int))
+    limit_max_image_pixels: bool = field(default=True, metadata=_doc("image handlers refuse images over Pillow's pixel limit (decompression bombs)", _bool))
     use_uvloop: bool = field(default=True, metadata=_doc("run the frontend on uvloop when installed", _bool))
 
     @classmethod
@@ -134,10 +135,13 @@ class LoadedConfig:
     config: ServerConfig
     unknown: tuple[str, ...]
     ignored: tuple[str, ...]
+    from_env: tuple[str, ...] = ()  # keys set by MODELSERVE_<KEY> variables (and not by a flag)
+    unknown_env: tuple[str, ...] = ()  # MODELSERVE_* variables that name no key
 
 
-def load_server_config(path: Optional[str], overrides: Optional[Mapping[str, Any]] = None) -> LoadedConfig:
-    """Read ``path`` (if given), apply overrides (already typed), and list unknown/ignored keys."""
+def load_server_config(path: Optional[str], overrides: Optional[Mapping[str, Any]] = None,
+                       environ: Optional[Mapping[str, str]] = None) -> LoadedConfig:
+    """Defaults < ``path`` < MODELSERVE_<KEY> variables of ``environ`` (os.environ) < ``overrides`` (typed)."""
     values: dict[str, str] = {}
     if path:
         try:
@@ -149,9 +153,12 @@ def load_server_config(path: Optional[str], overrides: Optional[Mapping[str, Any
     unknown = tuple(sorted(k for k in values if k not in known and k not in TORCHSERVE_IGNORED_KEYS))
     ignored = tuple(sorted(k for k in values if k in TORCHSERVE_IGNORED_KEYS))
     config = ServerConfig.from_mapping({k: v for k, v in values.items() if k in known})
+    from .envconfig import apply_env  # imported here: envconfig imports this module
+    config, from_env, unknown_env = apply_env(config, environ)
     if overrides:
         config = config.with_overrides(**overrides)
-    return LoadedConfig(config, unknown, ignored)
+    flagged = {k for k, v in (overrides or {}).items() if v is not None}
+    return LoadedConfig(config, unknown, ignored, tuple(k for k in from_env if k not in flagged), unknown_env)
 
 
 def split_address(address: str, default_port: int) -> tuple[str, int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import shutil
 import subprocess
@@ -40,3 +41,40 @@ class GpuAssigner:
             cycle = itertools.cycle([i for i in device_ids])
             return lambda: next(cycle)
         return lambda: next(self._all)
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> Optional[float]:
+    """CPUs the cgroup (a container's CPU limit) allows, or None when unlimited or unknown.
+
+    Reads cgroup v2 ``cpu.max`` ("quota period" or "max period"), else cgroup v1
+    ``cpu/cpu.cfs_quota_us`` and ``cpu/cpu.cfs_period_us``.
+    """
+    try:
+        with open(os.path.join(root, "cpu.max"), encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota == "max":
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us"), encoding="ascii") as f:
+            quota_us = int(f.read().strip())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us"), encoding="ascii") as f:
+            period_us = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    if quota_us <= 0 or period_us <= 0:
+        return None
+    return quota_us / period_us
+
+
+def effective_cpus(root: str = "/sys/fs/cgroup") -> int:
+    """Whole CPUs this process may use: the smallest of the host's, the affinity mask's and the cgroup's."""
+    counts = [os.cpu_count() or 1]
+    if hasattr(os, "sched_getaffinity"):
+        counts.append(len(os.sched_getaffinity(0)) or counts[0])
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        counts.append(max(1, math.ceil(limit)))
+    return min(counts)
