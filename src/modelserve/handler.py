@@ -17,10 +17,10 @@ from typing import Any, Callable, Optional
 class PredictionException(Exception):
     """Raised by a handler to reject a batch with a status (400 for bad input)."""
 
-    def __init__(self, message: str, status_code: int = 500) -> None:
+    def __init__(self, message: str, status_code: int = 500, error_code: Optional[int] = None) -> None:
         super().__init__(message)
         self.message = message
-        self.error_code = status_code  # TorchServe's attribute name
+        self.error_code = error_code if error_code is not None else status_code  # TorchServe's name
 
     @property
     def status_code(self) -> int:
@@ -44,6 +44,7 @@ class Context:
         server_version: str = "",
         model_yaml_config: Optional[dict[str, Any]] = None,
         metrics: Any = None,
+        limit_max_image_pixels: bool = True,
     ) -> None:
         self.model_name = model_name
         self.manifest = manifest
@@ -53,7 +54,7 @@ class Context:
             "batch_size": batch_size,
             "server_name": server_name,
             "server_version": server_version,
-            "limit_max_image_pixels": True,
+            "limit_max_image_pixels": limit_max_image_pixels,
         }
         self.model_yaml_config: dict[str, Any] = model_yaml_config or {}
         self.metrics = metrics
@@ -164,7 +165,9 @@ class BaseHandler:
         mapping_file = os.path.join(model_dir, "index_to_name.json")
         if os.path.isfile(mapping_file):
             with open(mapping_file, encoding="utf-8") as f:
-                self.mapping = json.load(f)
+                mapping = json.load(f)
+            # TorchServe accepts {"0": "cat"} and {"0": ["n021", "cat"]}; keep the name either way
+            self.mapping = {k: (v[-1] if isinstance(v, list) and v else v) for k, v in mapping.items()}
         self.initialized = True
 
     def _load_eager_model(self, model_dir: str, model_file: str, model_pt_path: Optional[str]) -> Any:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -44,8 +45,19 @@ def _import_handler_module(handler: str, model_dir: str) -> ModuleType:
     return importlib.import_module(module_ref)
 
 
+def _ensure_ts_compat() -> None:
+    """Let TorchServe handlers ``import ts...``: when the real TorchServe package is not installed,
+    append modelserve's compatibility folder (holding a ``ts`` package) to ``sys.path``."""
+    compat = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compat")
+    if compat in sys.path or not os.path.isdir(os.path.join(compat, "ts")):
+        return
+    if importlib.util.find_spec("ts") is None:
+        sys.path.append(compat)
+
+
 def load_handler(handler: str, context: Context) -> LoadedHandler:
     """``x.py``, ``x.py:function``, ``package.module[:function]`` or a built-in name."""
+    _ensure_ts_compat()
     if not handler:
         raise ValueError("the manifest names no handler")
     module_part, _, function_name = handler.partition(":")

@@ -1,0 +1,1 @@
+"""``ts.metrics``: the types handlers pass to ``context.metrics``."""

@@ -1,0 +1,1 @@
+"""``ts.torch_handler``: TorchServe's default handler classes, served by modelserve."""
