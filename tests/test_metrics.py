@@ -1,8 +1,6 @@
 """/metrics parsed by prometheus_client's parser: counters and histograms move as requests flow."""
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import requests

@@ -18,7 +18,7 @@ def _app_paths(app) -> set[str]:
     out = set()
     for resource in app.router.resources():
         path = resource.canonical
-        if path != "/{tail}":
+        if path != "/{tail}" and not (path != "/" and path.endswith("/")):  # trailing-slash aliases
             out.add(path)
     return out
 

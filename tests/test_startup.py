@@ -1,8 +1,6 @@
 """Starting the server: CLI, config.properties, load failures that reach the user, shutdown."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 

@@ -41,7 +41,7 @@ class UnauthorizedError(ModelServeError):
 
 class ForbiddenError(ModelServeError):
     status = 403
-    type_name = "ForbiddenException"
+    type_name = "InvalidModelVersionException"
     grpc_code = "PERMISSION_DENIED"
 
 
@@ -49,6 +49,10 @@ class NotFoundError(ModelServeError):
     status = 404
     type_name = "ModelNotFoundException"
     grpc_code = "NOT_FOUND"
+
+
+class VersionNotFoundError(NotFoundError):
+    type_name = "ModelVersionNotFoundException"
 
 
 class MethodNotAllowedError(ModelServeError):
@@ -100,7 +104,7 @@ class ModelLoadError(ModelServeError):
     """A worker failed to load its model; the message carries the worker's traceback."""
 
     status = 500
-    type_name = "ModelLoadException"
+    type_name = "InternalServerException"
     grpc_code = "INTERNAL"
 
 

@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 from typing import Optional, Sequence
 
-from .errors import BadRequestError, ConflictError, NotFoundError
+from .errors import BadRequestError, InternalError
 
 CHUNK = 1 << 20
 
@@ -41,7 +41,7 @@ def download(url: str, store: Optional[str], max_bytes: int, timeout: float = 60
         raise BadRequestError(f"Cannot tell the archive's file name from URL {url}")
     target = os.path.join(store, name)
     if os.path.exists(target):
-        raise ConflictError(f"Model file {name} already exists in the model store")
+        raise InternalError(f"Model file already exists {name}")  # TorchServe's status and words
     fd, tmp = tempfile.mkstemp(dir=store, prefix=".download-")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
@@ -56,7 +56,7 @@ def download(url: str, store: Optional[str], max_bytes: int, timeout: float = 60
                 out.write(chunk)
         os.replace(tmp, target)
     except urllib.error.HTTPError as exc:
-        raise NotFoundError(f"Failed to download model from {url}: HTTP {exc.code}") from None
+        raise BadRequestError(f"Failed to download model from {url}: HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise BadRequestError(f"Failed to download model from {url}: {getattr(exc, 'reason', exc)}") from None
     finally:

@@ -92,6 +92,7 @@ class WorkerSpec:
     response_timeout: float
     ping_interval: float = 10.0  # 0: no pings
     ping_timeout: float = 10.0
+    limit_max_image_pixels: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -121,6 +122,10 @@ class WorkerProcess:
         self.batches = 0
 
     @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    @property
     def tag(self) -> str:
         return f"{self.spec.model_name}:{self.spec.model_version} worker {self.id}"
 
@@ -138,6 +143,7 @@ class WorkerProcess:
             "manifest": spec.manifest, "handler": spec.handler, "batch_size": spec.batch_size,
             "model_yaml_config": spec.model_yaml_config, "max_response_size": spec.max_response_size,
             "threads": spec.threads, "gpu_id": self.gpu, "worker_id": self.id,
+            "limit_max_image_pixels": spec.limit_max_image_pixels,
         }).decode()
         env[FD_ENV] = str(child.fileno())
         env["PYTHONUNBUFFERED"] = "1"
@@ -170,8 +176,7 @@ class WorkerProcess:
         if not ok:
             await asyncio.wait([self.exited], timeout=STOP_TIMEOUT)
             self.kill()
-            raise ModelLoadError(f"Failed to load model {spec.model_name}, version {spec.model_version}: "
-                                 f"{detail.rstrip()}")
+            raise ModelLoadError(f"{self.tag} failed to load the model: {detail.rstrip()}")
         self.status = "READY"
         self.start_time = time.time()
 
@@ -378,10 +383,19 @@ class _Slot:
                     self.ready.set_exception(exc)
                     return
                 log.error("%s failed to restart: %s", worker.tag, exc.message.splitlines()[0])
+            except Exception:  # noqa: BLE001 - a slot must never die silently: log it and restart
+                log.exception("%s failed to start", worker.tag)
+                worker.kill()
             else:
                 if not self.ready.done():
                     self.ready.set_result(worker)
-                await self._serve(worker)
+                elif self.restarts:
+                    log.info("%s restarted (pid %s)", worker.tag, worker.pid)
+                try:
+                    await self._serve(worker)
+                except Exception:  # noqa: BLE001
+                    log.exception("%s: serving loop failed; replacing the worker", worker.tag)
+                    worker.kill()
                 if worker.exit_reason and not self.stopping:
                     self.last_error = worker.exit_reason
             if self.stopping:
@@ -392,6 +406,7 @@ class _Slot:
             attempt += 1
             self.restarts += 1
             pool.restarts += 1
+            log.info("restarting %s in %d s (restart %d)", worker.tag, delay, self.restarts)
             if delay:
                 await asyncio.sleep(delay)
 
@@ -442,8 +457,8 @@ class _Slot:
         clock = time.monotonic
         while not self.stopping:
             batch, reason = await queue.get_batch(batch_size, delay)
-            if worker.exited.done() or self.stopping:
-                queue.requeue(batch)
+            if worker.exited.done() or self.stopping or worker.closing:
+                queue.requeue(batch)  # its socket is gone: the next live worker takes the batch
                 return
             started = clock()
             await worker.run_batch(batch)

@@ -13,10 +13,10 @@ import psutil
 from .archive import LoadedArchive, open_archive, validate_model_name
 from .batching import RequestQueue
 from .config import ModelConfig, ServerConfig
-from .devices import GpuAssigner
+from .devices import GpuAssigner, effective_cpus
 from .fetch import allowed, compile_patterns, download, inside, is_remote
 from .errors import (BadRequestError, ConflictError, ForbiddenError, ModelLoadError, NotFoundError,
-                     ServiceUnavailableError)
+                     ServiceUnavailableError, VersionNotFoundError)
 from .log import get_logger
 from .metrics import ModelStats, ServerMetrics
 from .pool import BatchObserver, MetricsSink, WorkerPool, WorkerSpec
@@ -68,6 +68,7 @@ class ModelVersion:
             max_response_size=server.max_response_size, threads=threads,
             startup_timeout=float(config.startup_timeout), response_timeout=float(config.response_timeout),
             ping_interval=server.worker_ping_interval, ping_timeout=server.worker_ping_timeout,
+            limit_max_image_pixels=server.limit_max_image_pixels,
         )
         self.pool = WorkerPool(spec, self.queue, config.max_batch_delay, next_gpu, on_metrics, on_batch)
 
@@ -161,7 +162,7 @@ class ModelRegistry:
         self.defaults: dict[str, str] = {}
         self.on_change = on_change
         self._allowed = compile_patterns(config.allowed_urls)
-        self._pending: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task] = set()  # background worker starts (asynchronous register)
 
     # -- lookup -------------------------------------------------------------------------------------
     def get(self, name: str, version: Optional[str] = None) -> ModelVersion:
@@ -172,7 +173,7 @@ class ModelRegistry:
             return versions[self.defaults[name]]
         mv = versions.get(version)
         if mv is None:
-            raise NotFoundError(f"Model version not found: {name} version {version}")
+            raise VersionNotFoundError(f"Model version: {version} does not exist for model: {name}")
         return mv
 
     def versions(self, name: str) -> list[ModelVersion]:
@@ -187,7 +188,7 @@ class ModelRegistry:
     def default_workers(self) -> int:
         if self.config.default_workers_per_model > 0:
             return self.config.default_workers_per_model
-        return self.gpus.gpu_count or (os.cpu_count() or 1)
+        return self.gpus.gpu_count or effective_cpus()
 
     # -- archives -----------------------------------------------------------------------------------
     def resolve_url(self, url: str, trusted: bool = False) -> str:
@@ -228,7 +229,42 @@ class ModelRegistry:
         return archive, archive.extracted
 
     # -- register -----------------------------------------------------------------------------------
-    async def register(self, url: str, opts: RegisterOptions, trusted: bool = False) -> ModelVersion:
+    async def register(self, url: str, opts: RegisterOptions, trusted: bool = False,
+                       wait: bool = True) -> ModelVersion:
+        """Register a version: visible at once; its workers started now (``wait``) or in the background.
+
+        When ``wait`` and a worker fails to load, the version is removed again and the ModelLoadError
+        carries the worker's own error.
+        """
+        mv = await self._prepare(url, opts, trusted)
+        self.models.setdefault(mv.name, {})[mv.version] = mv
+        self.metrics.models[(mv.name, mv.version)] = mv.stats
+        self.defaults.setdefault(mv.name, mv.version)
+        if wait:
+            await self._start_workers(mv)
+        else:
+            task = asyncio.get_running_loop().create_task(self._start_workers(mv, keep_on_failure=True))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return mv
+
+    async def _start_workers(self, mv: ModelVersion, keep_on_failure: bool = False) -> None:
+        try:
+            await mv.pool.scale(mv.min_workers)
+        except ModelLoadError as exc:
+            error = ModelLoadError(f"Failed to start workers for model {mv.name} version: {mv.version}\n"
+                                   f"{exc.message}")
+            if keep_on_failure:
+                log.error("%s", error.message)
+                return
+            if self.models.get(mv.name, {}).get(mv.version) is mv:
+                self._remove(mv)
+            await mv.stop(0)
+            raise error from None
+        log.info("Registered model %s version %s with %d workers", mv.name, mv.version, len(mv.pool))
+        self._changed()
+
+    async def _prepare(self, url: str, opts: RegisterOptions, trusted: bool) -> ModelVersion:
         path = await self._locate(url, trusted)
         loop = asyncio.get_running_loop()
         archive, extracted = await loop.run_in_executor(None, self._open, path)
@@ -243,7 +279,10 @@ class ModelRegistry:
             runtime = opts.runtime or archive.manifest.get("runtime") or "python"
             if runtime not in ("python", "python3", "PYTHON", "PYTHON3"):
                 raise BadRequestError(f"Invalid RuntimeType value: {runtime}")
-            default_workers = self.default_workers()
+            # TorchServe: startup models default to one worker per GPU or core; the register API to
+            # default_workers_per_model when set, else none (scale them up later).
+            default_workers = (self.default_workers() if opts.loaded_at_startup
+                               else self.config.default_workers_per_model)
             workers_from_api = opts.initial_workers
             config = ModelConfig.resolve(
                 self.config, archive.model_config, default_workers,
@@ -253,11 +292,9 @@ class ModelRegistry:
                    if workers_from_api is not None else {}),
             )
             version = str(manifest_model.get("modelVersion") or "1.0")
-            key = (name, version)
-            if version in self.models.get(name, {}) or key in self._pending:
+            if version in self.models.get(name, {}):
                 raise ConflictError(f"Model version {version} for model {name} is already registered.")
-            workers = config.min_workers
-            threads = self.config.number_of_threads or worker_threads(os.cpu_count() or 1, workers)
+            threads = self.config.number_of_threads or worker_threads(effective_cpus(), config.min_workers)
             stats = ModelStats()
             mv = ModelVersion(
                 name, archive, url, config, handler, runtime, self.config,
@@ -269,20 +306,17 @@ class ModelRegistry:
             if extracted:
                 shutil.rmtree(archive.model_dir, ignore_errors=True)
             raise
-        self._pending.add(key)
-        try:
-            await mv.pool.scale(workers)
-        except ModelLoadError:
-            await mv.stop(0)
-            raise
-        finally:
-            self._pending.discard(key)
-        self.models.setdefault(name, {})[version] = mv
-        self.metrics.models[(name, version)] = mv.stats
-        self.defaults.setdefault(name, version)
-        log.info("Registered model %s version %s with %d workers", name, version, workers)
-        self._changed()
         return mv
+
+    def _remove(self, mv: ModelVersion) -> None:
+        versions = self.models[mv.name]
+        del versions[mv.version]
+        self.metrics.drop_model(mv.name, mv.version)
+        if not versions:
+            del self.models[mv.name]
+            del self.defaults[mv.name]
+        elif self.defaults[mv.name] == mv.version:
+            self.defaults[mv.name] = next(iter(versions))
 
     def _metrics_sink(self, name: str, version: str) -> MetricsSink:
         metrics = self.metrics
@@ -291,7 +325,11 @@ class ModelRegistry:
     # -- other changes ------------------------------------------------------------------------------
     async def scale(self, name: str, version: Optional[str], min_worker: int, max_worker: Optional[int]) -> ModelVersion:
         mv = self.get(name, version)
-        await mv.scale(min_worker, max_worker)
+        try:
+            await mv.scale(min_worker, max_worker)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"Failed to start workers for model {mv.name} version: {mv.version}\n"
+                                 f"{exc.message}") from None
         self._changed()
         return mv
 
@@ -303,18 +341,16 @@ class ModelRegistry:
     async def unregister(self, name: str, version: Optional[str], drain_timeout: float = 30.0) -> ModelVersion:
         mv = self.get(name, version)
         versions = self.models[name]
-        if version is not None and self.defaults[name] == mv.version and len(versions) > 1:
-            raise ForbiddenError(f"Cannot remove default version {mv.version} for model {name}")
-        del versions[mv.version]
-        self.metrics.drop_model(mv.name, mv.version)
-        if not versions:
-            del self.models[name]
-            del self.defaults[name]
+        if self.defaults[name] == mv.version and len(versions) > 1:
+            raise ForbiddenError(f"Cannot remove default version for model {name}")
+        self._remove(mv)
         self._changed()
         await mv.stop(drain_timeout)
         return mv
 
     async def stop_all(self, drain_timeout: float) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         everything = self.all_versions()
         self.models.clear()
         self.defaults.clear()

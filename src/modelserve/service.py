@@ -75,16 +75,17 @@ class ManagementService:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
 
-    def list_models(self, limit: int = 100, next_page_token: int = 0) -> dict[str, Any]:
-        if limit <= 0 or limit > 100:
-            limit = 100
+    def list_models(self, limit: Optional[int] = None, next_page_token: Optional[int] = None) -> dict[str, Any]:
+        """Default versions sorted by name, TorchServe's paging: limit 1..100 (default 100)."""
+        limit = 100 if limit is None or limit > 100 or limit < 0 else limit
+        start = max(next_page_token or 0, 0)
         names = sorted(self.registry.models)
-        page = names[next_page_token:next_page_token + limit]
+        page = names[start:start + limit]
         out: dict[str, Any] = {"models": [
             {"modelName": n, "modelUrl": self.registry.get(n).url} for n in page
         ]}
-        if next_page_token + limit < len(names):
-            out["nextPageToken"] = str(next_page_token + limit)
+        if start + limit <= len(names) and limit > 0 and page:
+            out["nextPageToken"] = str(start + limit)
         return out
 
     def describe(self, name: str, version: Optional[str] = None) -> list[dict[str, Any]]:
@@ -108,17 +109,13 @@ class ManagementService:
             out.append(d)
         return out
 
-    async def register(self, url: str, opts: RegisterOptions) -> ModelVersion:
-        return await self.registry.register(url, opts)
+    async def register(self, url: str, opts: RegisterOptions, wait: bool = True) -> ModelVersion:
+        return await self.registry.register(url, opts, wait=wait)
 
-    async def scale(self, name: str, version: Optional[str], min_worker: Optional[int],
-                    max_worker: Optional[int]) -> ModelVersion:
-        mv = self.registry.get(name, version)
-        lo = min_worker if min_worker is not None else mv.min_workers
-        hi = max_worker if max_worker is not None else max(mv.max_workers, lo)
-        if hi < lo:
+    async def scale(self, name: str, version: Optional[str], min_worker: int, max_worker: int) -> ModelVersion:
+        if max_worker < min_worker:
             raise BadRequestError("max_worker cannot be less than min_worker.")
-        return await self.registry.scale(name, version, lo, hi)
+        return await self.registry.scale(name, version, min_worker, max_worker)
 
     def set_default(self, name: str, version: str) -> None:
         self.registry.set_default(name, version)

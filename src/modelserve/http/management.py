@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 import orjson
 from aiohttp import web
 
-from ..errors import BadRequestError, MethodNotAllowedError, ModelServeError
+from ..errors import BadRequestError, InternalError, MethodNotAllowedError, ModelServeError, NotFoundError
 from ..log import get_logger
 from ..registry import RegisterOptions
 from ..service import ManagementService
@@ -20,13 +20,14 @@ _INT_PARAMS = ("batch_size", "max_batch_delay", "initial_workers", "response_tim
 
 
 def _int(params: dict[str, Any], key: str) -> Optional[int]:
+    """An integer parameter; like TorchServe, a value that is not an integer counts as not given."""
     value = params.get(key)
     if value is None or value == "":
         return None
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise BadRequestError(f"Invalid value for parameter {key}: {value!r}") from None
+        return None
 
 
 def _bool(params: dict[str, Any], key: str, default: bool) -> bool:
@@ -79,33 +80,30 @@ class ManagementRoutes:
     @_guard
     async def list_models(self, request: web.Request) -> web.Response:
         q = request.query
-        limit = _int(dict(q), "limit") or 100
-        token = _int(dict(q), "next_page_token") or 0
-        return json_response(self.service.list_models(limit, token))
+        return json_response(self.service.list_models(_int(dict(q), "limit"), _int(dict(q), "next_page_token")))
 
     @_guard
     async def register(self, request: web.Request) -> web.Response:
         self._require_model_api()
         params = await self._params(request)
         url = params.get("url")
-        if not url:
+        if url is None:
             raise BadRequestError("Parameter url is required.")
+        if not url:
+            raise NotFoundError("Model not found in model store: (empty url)")
         opts = RegisterOptions(
             model_name=params.get("model_name") or None, handler=params.get("handler") or None,
             runtime=params.get("runtime") or None, **{k: _int(params, k) for k in _INT_PARAMS},
         )
-        if _bool(params, "synchronous", True):
-            mv = await self.service.register(str(url), opts)
-            n = len(mv.pool)
-            return json_response({"status": f'Model "{mv.name}" Version: {mv.version} registered with {n} initial workers'})
-        self._background(self._register_logged(str(url), opts))
+        synchronous = _bool(params, "synchronous", True)
+        mv = await self.service.register(str(url), opts, wait=synchronous)
+        if mv.min_workers == 0:
+            return json_response({"status": f'Model "{mv.name}" Version: {mv.version} registered with 0 initial '
+                                            "workers. Use scale workers API to add workers for the model."})
+        if synchronous:
+            return json_response({"status": f'Model "{mv.name}" Version: {mv.version} registered with '
+                                            f"{len(mv.pool)} initial workers"})
         return json_response({"status": "Processing worker updates..."}, 202)
-
-    async def _register_logged(self, url: str, opts: RegisterOptions) -> None:
-        try:
-            await self.service.register(url, opts)
-        except ModelServeError as exc:
-            log.error("Asynchronous registration of %s failed: %s", url, exc.message)
 
     @_guard
     async def describe(self, request: web.Request) -> web.Response:
@@ -120,14 +118,19 @@ class ManagementRoutes:
         name = request.match_info["model_name"]
         version = request.match_info.get("model_version")
         params = await self._params(request)
-        lo, hi = _int(params, "min_worker"), _int(params, "max_worker")
-        if _bool(params, "synchronous", False):
-            mv = await self.service.scale(name, version, lo, hi)
-            return json_response({"status": f"Workers scaled to {len(mv.pool)} for model: {mv.name}, version: {mv.version}"})
         mv = self.service.registry.get(name, version)
-        lo_v = lo if lo is not None else mv.min_workers
-        if (hi if hi is not None else max(mv.max_workers, lo_v)) < lo_v:
+        lo = _int(params, "min_worker")
+        lo = 1 if lo is None else lo  # TorchServe's defaults: min 1, max = min
+        hi = _int(params, "max_worker")
+        hi = lo if hi is None else hi
+        if hi < lo:
             raise BadRequestError("max_worker cannot be less than min_worker.")
+        if lo < 0:
+            raise InternalError(f"Invalid worker count: min_worker={lo}")
+        target = f"for model: {mv.name}" + (f", version: {version}" if version else "")
+        if _bool(params, "synchronous", False):
+            await self.service.scale(name, version, lo, hi)
+            return json_response({"status": f"Workers scaled to {lo} {target}"})
         self._background(self.service.scale(name, version, lo, hi))
         return json_response({"status": "Processing worker updates..."}, 202)
 
@@ -151,12 +154,15 @@ def build_management_app(service: ManagementService, enable_model_api: bool, aut
     routes = ManagementRoutes(service, enable_model_api)
     app = web.Application()
     guard = token_guard(auth, "management")
-    app.router.add_route("*", "/models", methods({"GET": routes.list_models, "POST": routes.register}, guard))
+    models = methods({"GET": routes.list_models, "POST": routes.register}, guard)
     model = methods({"GET": routes.describe, "PUT": routes.scale, "DELETE": routes.unregister}, guard)
-    app.router.add_route("*", "/models/{model_name}", model)
-    app.router.add_route("*", "/models/{model_name}/{model_version}", model)
-    app.router.add_route("*", "/models/{model_name}/{model_version}/set-default",
-                         methods({"PUT": routes.set_default}, guard))
+    set_default = methods({"PUT": routes.set_default}, guard)
+    # TorchServe ignores a trailing slash: /models/x/ is /models/x
+    for suffix in ("", "/"):
+        app.router.add_route("*", "/models" + suffix, models)
+        app.router.add_route("*", "/models/{model_name}" + suffix, model)
+        app.router.add_route("*", "/models/{model_name}/{model_version}" + suffix, model)
+        app.router.add_route("*", "/models/{model_name}/{model_version}/set-default" + suffix, set_default)
     describe = describe_api(management_openapi)
     app.router.add_route("*", "/", methods({"OPTIONS": describe}, guard))
     app.router.add_route("*", "/api-description", methods({"GET": describe, "OPTIONS": describe}, guard))
