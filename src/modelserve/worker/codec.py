@@ -12,9 +12,13 @@ class InputError(ValueError):
     """A request input that cannot be decoded for its content type (answered 400)."""
 
 
-def decode_input(content_type: str, data: memoryview) -> Any:
-    """JSON bodies arrive parsed, ``text/*`` as str, anything else as bytes."""
+def decode_input(content_type: str, data: memoryview, name: str = "") -> Any:
+    """JSON bodies arrive parsed, ``text/*`` as str, OIP tensors as ``InferTensor``, anything else as bytes."""
     ct = content_type.lower()
+    if ct.startswith("application/x-oip-tensor"):
+        from .tensors import decode_tensor
+
+        return decode_tensor(name, content_type, data)
     if ct.startswith("application/json") or (ct.startswith("application/") and ct.split(";")[0].endswith("+json")):
         try:
             return orjson.loads(data)

@@ -15,7 +15,7 @@ from ..handler import Context, PredictionException
 from ..wire import Kind, encode, read_frame, split_blobs
 from .codec import InputError, decode_input, encode_output
 from .loader import LoadedHandler, load_handler
-from .tensors import OIP_TENSOR, encode_outputs
+from .tensors import OIP_TENSOR, encode_outputs, preload_torch
 from .metrics import HandlerMetrics
 
 SPEC_ENV = "MODELSERVE_WORKER_SPEC"
@@ -56,6 +56,7 @@ class Worker:
             server_version=__version__,
             model_yaml_config=spec.get("model_yaml_config") or {},
             metrics=self.metrics,
+            limit_max_image_pixels=bool(spec.get("limit_max_image_pixels", True)),
         )
         self.context._send_partial = self._send_partial
         self.handler: Optional[LoadedHandler] = None
@@ -67,6 +68,7 @@ class Worker:
         threads = int(self.spec.get("threads") or 0)
         try:
             self.handler = load_handler(self.spec["handler"], self.context)
+            preload_torch(self.context.model_yaml_config)
             # OMP_NUM_THREADS (set by the frontend) covers torch imported during the load; this covers
             # a handler that imported torch before, without importing it for handlers that never do.
             torch = sys.modules.get("torch")
