@@ -17,7 +17,6 @@ from conftest import ROOT, Server, make_archive
 from modelserve.grpc._generated import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 
 ECHO = """
-import time
 from modelserve import BaseHandler, PredictionException
 
 
@@ -299,3 +298,19 @@ def test_docs_examples_run(server):
         for expected in re.findall(r"^\s*# ((?:Model|Workers) .*)$", code, re.M):
             assert expected in printed, (line, expected, printed)
     assert "StatusCode.NOT_FOUND Model not found: nosuchmodel" in printed
+
+
+def test_grpc_calls_reach_the_access_log(server, inference):
+    predict(inference, data=b"logged")
+    rpc_error(inference.Predictions, req("no_such_model", data=b"x"), timeout=10)
+    path = server.log_dir / "access_log.log"
+    deadline = time.monotonic() + 5
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if any("Predictions" in line and "NOT_FOUND" in line for line in lines):
+            break
+        time.sleep(0.1)
+    assert any('"gRPC /org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions" OK' in line
+               and " 127.0.0.1 " in line for line in lines), lines[-5:]
+    assert any("Predictions\" NOT_FOUND" in line for line in lines), lines[-5:]

@@ -9,12 +9,14 @@ Both call the same service layer as REST, so gRPC and REST requests share queues
 from __future__ import annotations
 
 import asyncio
+import inspect
+import time
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import grpc
 
 from ..errors import ConfigError, ModelServeError
-from ..log import get_logger
+from ..log import access_log, get_logger
 
 if TYPE_CHECKING:
     from ..config import ServerConfig
@@ -102,6 +104,60 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+class AccessLogInterceptor(grpc.aio.ServerInterceptor):
+    """One access-log line per gRPC call: ``<ip> "gRPC <method>" <status code> <ms>``."""
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        out = access_log()
+        if handler is None or out is None:
+            return handler
+        method = details.method
+
+        def done(context: grpc.aio.ServicerContext, start: float, failed: bool) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            if code is None:
+                code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            peer = context.peer() or "-"
+            ip = peer.split(":", 1)[1].rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+            out.line(ip, f"gRPC {method}", name, (time.perf_counter() - start) * 1000)
+
+        def unary(behavior: Any) -> Any:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                start, failed = time.perf_counter(), True
+                try:
+                    result = await behavior(request, context)
+                    failed = False
+                    return result
+                finally:
+                    done(context, start, failed)
+            return call
+
+        def streaming(behavior: Any) -> Any:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                start, failed = time.perf_counter(), True
+                try:
+                    if inspect.isasyncgenfunction(behavior):
+                        async for item in behavior(request, context):
+                            yield item
+                    else:
+                        await behavior(request, context)
+                    failed = False
+                finally:
+                    done(context, start, failed)
+            return call
+
+        de, ser = handler.request_deserializer, handler.response_serializer
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), de, ser)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), de, ser)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), de, ser)
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), de, ser)
+
+
 def _denied(handler: Any, exc: ModelServeError) -> Any:
     """A handler of the same shape as ``handler`` that answers ``exc``'s status."""
     code, message = status_of(exc)
@@ -152,8 +208,8 @@ class GrpcServers:
 
         cfg = self.config
         opts = _options(cfg)
-        inference_icpt: list[Any] = []
-        management_icpt: list[Any] = []
+        inference_icpt: list[Any] = [AccessLogInterceptor()]
+        management_icpt: list[Any] = [AccessLogInterceptor()]
         if self.auth is not None:
             exempt = HEALTH_METHODS if getattr(cfg, "auth_exempt_health", True) else frozenset()
             inference_icpt.append(TokenInterceptor(self.auth, "inference", exempt,
