@@ -17,6 +17,7 @@ from conftest import ROOT, Server, make_archive
 from modelserve.grpc._generated import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 
 ECHO = """
+import time
 from modelserve import BaseHandler, PredictionException
 
 
