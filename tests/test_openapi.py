@@ -32,7 +32,11 @@ def test_documents_are_valid_and_cover_every_route():
     validate(inf_doc)
     validate(mgmt_doc)
     inf_app = build_inference_app(service=None, max_request_size=100)  # type: ignore[arg-type]
-    mgmt_app = build_management_app(service=None, enable_model_api=False)  # type: ignore[arg-type]
+    from modelserve.config import ServerConfig
+    from modelserve.console import add_console
+
+    mgmt_app = build_management_app(service=None, enable_model_api=False, auth=object())  # type: ignore[arg-type]
+    add_console(mgmt_app, ServerConfig(), None, None, None)  # type: ignore[arg-type]
     assert _app_paths(inf_app) <= set(inf_doc["paths"]), _app_paths(inf_app) - set(inf_doc["paths"])
     assert _app_paths(mgmt_app) <= set(mgmt_doc["paths"]), _app_paths(mgmt_app) - set(mgmt_doc["paths"])
 

@@ -64,6 +64,7 @@ class ServerConfig:
     metrics_mode: str = field(default="prometheus", metadata=_doc("'prometheus' or 'log' (log also writes model_metrics.log)"))
     metrics_config: Optional[str] = field(default=None, metadata=_doc("YAML naming the metrics to emit (TorchServe's metrics.yaml layout)"))
     enable_metrics_api: bool = field(default=True, metadata=_doc("serve GET /metrics", _bool))
+    enable_console: bool = field(default=True, metadata=_doc("serve the web console at /console on the management port (its data routes take the management key)", _bool))
     log_dir: str = field(default="logs", metadata=_doc("where the log files and config snapshots go"))
     log_level: str = field(default="INFO", metadata=_doc("server log level"))
     log_format: str = field(default="text", metadata=_doc("'text' or 'json'"))

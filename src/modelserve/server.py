@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .config import ServerConfig, split_address
+from .console import add_console
 from .devices import GpuAssigner, detect_gpu_count
 from .errors import ConfigError, ModelLoadError, ModelServeError
 from .grpc.server import GrpcServers
@@ -122,6 +123,8 @@ class ModelServer:
         add_oip_routes(inference, self.inference, cfg.max_request_size)
         add_fallback(inference)
         management = build_management_app(self.management, cfg.enable_model_api, self.auth)
+        if cfg.enable_console:
+            add_console(management, cfg, self.registry, self.inference, self.auth)
         add_fallback(management)
         apps = [
             ("Inference API", inference, *split_address(cfg.inference_address, 8080)),

@@ -77,7 +77,7 @@ def inference_openapi(extra_paths: dict[str, Any] | None = None) -> dict[str, An
     return _doc("modelserve inference API", paths)
 
 
-def management_openapi() -> dict[str, Any]:
+def management_openapi(console: bool = True) -> dict[str, Any]:
     model = _path_param("model_name", "Name of a registered model")
     version = _path_param("model_version", "Version of the model, or 'all' when describing")
     ok = {"200": _json({"$ref": "#/components/schemas/Status"}, "Done")}
@@ -131,5 +131,30 @@ def management_openapi() -> dict[str, Any]:
         "/models/{model_name}/{model_version}/set-default": {
             "put": {"operationId": "setDefault", "parameters": [model, version], "responses": {**ok, **_errors(404)}},
         },
+        "/token": {"get": {"operationId": "rotateToken", "summary": "New management or inference key (API key)",
+                           "parameters": [_query("type", "string", "management or inference", True)],
+                           "responses": {"200": _json({"type": "object"}, "The new key"), **_errors(400, 401)}}},
     }
+    if console:
+        html = {"description": "The console page", "content": {"text/html": {"schema": {"type": "string"}}}}
+        paths.update({
+            "/console": {"get": {"operationId": "console", "responses": {"200": html}}},
+            "/console/static/{name}": {"get": {"operationId": "consoleStatic",
+                                               "parameters": [_path_param("name", "A file of the console")],
+                                               "responses": {"200": {"description": "The file"}, **_errors(404)}}},
+            "/console/api/stats": {"get": {"operationId": "consoleStats",
+                                           "responses": {"200": _json({"type": "object"}, "Models, workers, counters"),
+                                                         **_errors(401)}}},
+            "/console/api/predict/{model_name}": {"post": {
+                "operationId": "consolePredict", "parameters": [model],
+                "responses": {"200": _json({"type": "object"}, "The prediction's status, headers and body"),
+                              **_errors(401, 404)}}},
+            "/console/api/predict/{model_name}/{model_version}": {"post": {
+                "operationId": "consolePredictVersion", "parameters": [model, version],
+                "responses": {"200": _json({"type": "object"}, "The prediction's status, headers and body"),
+                              **_errors(401, 404)}}},
+            "/console/api/inference": {"get": {
+                "operationId": "consoleInferenceGet", "parameters": [_query("path", "string", "A GET route of the inference API", True)],
+                "responses": {"200": _json({"type": "object"}, "The inference port's answer"), **_errors(401)}}},
+        })
     return _doc("modelserve management API", paths)
