@@ -258,6 +258,7 @@ def test_tritonclient_http(server):
                         response_compression_algorithm="gzip"))
     stats = client.get_inference_statistics("demo")["model_stats"][0]
     assert stats["inference_stats"]["success"]["count"] == before + 4 and stats["inference_stats"]["success"]["ns"] > 0
+    assert stats["inference_stats"]["queue"]["count"] >= 4 and stats["inference_stats"]["compute_infer"]["ns"] > 0
     with pytest.raises(InferenceServerException, match="Model not found: nope"):
         client.infer("nope", _inputs(tritonhttp))
     with pytest.raises(InferenceServerException, match="does not match the model"):

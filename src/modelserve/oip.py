@@ -368,16 +368,22 @@ class InferStats:
             self.fail_ns += ns
         self.last_inference = int(time.time() * 1000)
 
-    def as_dict(self, name: str, version: str) -> dict[str, Any]:
+    def as_dict(self, name: str, version: str, shared: Any = None) -> dict[str, Any]:
         zero = {"count": 0, "ns": 0}
+        # Queue and compute times come from the version's frontend counters (every transport);
+        # compute is the batch time charged to each request of the batch.
+        queue = dict(zero)
+        infer = dict(zero)
+        if shared is not None:
+            queue = {"count": shared.queue_wait.count, "ns": int(shared.queue_us * 1000)}
+            infer = {"count": shared.queue_wait.count, "ns": int(shared.compute_us * 1000)}
         return {
             "name": name, "version": version, "last_inference": self.last_inference,
             "inference_count": self.inference_count, "execution_count": self.execution_count,
             "inference_stats": {
                 "success": {"count": self.success, "ns": self.success_ns},
                 "fail": {"count": self.fail, "ns": self.fail_ns},
-                # Not measured per request by the frontend (see /metrics for queue and handler time).
-                "queue": dict(zero), "compute_input": dict(zero), "compute_infer": dict(zero),
+                "queue": queue, "compute_input": dict(zero), "compute_infer": infer,
                 "compute_output": dict(zero), "cache_hit": dict(zero), "cache_miss": dict(zero),
             },
             "batch_stats": [], "memory_usage": [],
@@ -400,7 +406,7 @@ def statistics(registry: Any, name: str = "", version: str = "") -> dict[str, An
         mvs = [registry.get(name, version)] if version else registry.versions(name)
     else:
         mvs = registry.all_versions()
-    return {"model_stats": [stats_of(mv).as_dict(mv.name, mv.version) for mv in mvs]}
+    return {"model_stats": [stats_of(mv).as_dict(mv.name, mv.version, getattr(mv, "stats", None)) for mv in mvs]}
 
 
 def repository_index(registry: Any) -> list[dict[str, Any]]:
