@@ -58,3 +58,28 @@ def test_image_classifier_batches_up_to_eight(model_store, server_factory):
     assert r.status_code == 200 and len(r.json()) == 3
     r = requests.post(url, data=b"not an image", headers={"Content-Type": "image/png"})
     assert r.status_code == 400
+
+
+def test_torch_model_archiver_mar_with_modelserve_handler(model_store, server_factory, tmp_path):
+    """A .mar built by torch-model-archiver 0.12 (eager model, modelserve.BaseHandler) serves unchanged."""
+    import shutil
+
+    tma = shutil.which("torch-model-archiver", path=str(ROOT / ".venv" / "bin")) or shutil.which("torch-model-archiver")
+    if tma is None:
+        pytest.skip("torch-model-archiver is not installed (it is in the test extras)")
+    ex = ROOT / "examples" / "simple_linear"
+    work = tmp_path / "train"
+    work.mkdir()
+    res = subprocess.run([sys.executable, str(ex / "train.py"), "--output-dir", str(work)], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    env = dict(__import__("os").environ, TMPDIR=str(tmp_path))
+    res = subprocess.run([tma, "--model-name", "tma_linear", "--version", "3.0", "--model-file", str(ex / "model.py"),
+                          "--serialized-file", str(work / "model.pth"), "--handler", str(ex / "handler.py"),
+                          "--export-path", str(model_store)], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    srv = server_factory(model_store, ["tma_linear=tma_linear.mar"]).start()
+    r = requests.post(srv.url + "/predictions/tma_linear", data="5.0", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 200, r.text
+    assert abs(float(r.json()[0]) - 9.0) < 0.1
+    assert srv.describe("tma_linear")[0]["modelVersion"] == "3.0"
