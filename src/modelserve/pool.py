@@ -241,9 +241,19 @@ class WorkerProcess:
             self.transport.write(encode(Kind.STOP, {}))
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+            return
         except asyncio.TimeoutError:
             self.kill()
-            await self.exited
+        if self.proc is not None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.error("%s (pid %s) did not exit after SIGKILL", self.tag, self.pid)
+        try:  # connected workers resolve ``exited`` when their socket closes
+            await asyncio.wait_for(asyncio.shield(self.exited), 1.0 if self.transport is not None else 0)
+        except asyncio.TimeoutError:
+            if not self.exited.done():  # stopped before it ever connected
+                self.exited.set_result(self.exit_reason or "stopped while starting")
 
     # -- frames -----------------------------------------------------------------------------------
     def _on_frame(self, kind: Kind, header: dict[str, Any], payload: memoryview) -> None:
