@@ -39,18 +39,19 @@ def not_found_route(request: web.Request) -> Awaitable[web.Response]:
 Guard = Callable[[web.Request], None]  # raises a ModelServeError (e.g. 401) to refuse a request
 
 
-def methods(allowed: dict[str, Handler], guard: Optional[Guard] = None) -> Handler:
-    """One route for every method: check the guard, dispatch, or answer a JSON 405."""
+def methods(allowed: dict[str, Handler], guard: Optional[Guard] = None,
+            render: Callable[[ModelServeError], web.Response] = error_response) -> Handler:
+    """One route for every method: check the guard, dispatch, or answer a 405 (``render`` shapes errors)."""
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         if guard is not None:
             try:
                 guard(request)
             except ModelServeError as exc:
-                return error_response(exc)
+                return render(exc)
         handler = allowed.get(request.method)
         if handler is None:
-            resp = error_response(MethodNotAllowedError(f"Method {request.method} is not allowed on this resource"))
+            resp = render(MethodNotAllowedError(f"Method {request.method} is not allowed on this resource"))
             resp.headers["Allow"] = ", ".join(sorted(allowed))
             return resp
         return await handler(request)

@@ -24,12 +24,12 @@ import orjson
 from aiohttp import web
 
 from .. import oip
-from ..errors import BadRequestError, InternalError, MethodNotAllowedError, ModelServeError, NotFoundError, \
+from ..errors import BadRequestError, InternalError, ModelServeError, NotFoundError, \
     ServiceUnavailableError
 from ..log import get_logger
 from ..service import InferenceService, new_request_id
 from ..types import Param, Result
-from .common import flat_headers, read_body
+from .common import flat_headers, methods, read_body
 
 log = get_logger()
 JSON_CT = "application/json"
@@ -63,19 +63,7 @@ def _guard(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[..., Aw
 
 
 def _methods(allowed: dict[str, Handler], guard: Optional[Callable[[web.Request], None]] = None) -> Handler:
-    async def dispatch(request: web.Request) -> web.StreamResponse:
-        if guard is not None:
-            try:
-                guard(request)
-            except ModelServeError as exc:
-                return error_response(exc)
-        handler = allowed.get(request.method)
-        if handler is None:
-            resp = error_response(MethodNotAllowedError(f"Method {request.method} is not allowed on this resource"))
-            resp.headers["Allow"] = ", ".join(sorted(allowed))
-            return resp
-        return await handler(request)
-    return dispatch
+    return methods(allowed, guard, render=error_response)
 
 
 class OipRoutes:
