@@ -31,7 +31,10 @@ def test_documents_are_valid_and_cover_every_route():
     inf_doc, mgmt_doc = inference_openapi(), management_openapi()
     validate(inf_doc)
     validate(mgmt_doc)
+    from modelserve.http.v2 import add_oip_routes
+
     inf_app = build_inference_app(service=None, max_request_size=100)  # type: ignore[arg-type]
+    add_oip_routes(inf_app, service=type("S", (), {"registry": None})(), max_request_size=100)  # type: ignore[arg-type]
     from modelserve.config import ServerConfig
     from modelserve.console import add_console
 

@@ -46,6 +46,55 @@ def _describe_route() -> dict[str, Any]:
                     "responses": {"200": _json({"type": "object"}, "The OpenAPI document")}}}
 
 
+def oip_paths() -> dict[str, Any]:
+    """The Open Inference Protocol (v2) and KServe v1 routes of the inference port."""
+    model = _path_param("model_name", "Name of a registered model")
+    version = _path_param("model_version", "Version of the model")
+    oip_error = {"$ref": "#/components/schemas/OipError"}
+
+    def errs(*codes: int) -> dict[str, Any]:
+        return {str(c): _json(oip_error, "Error") for c in codes}
+
+    def get(op: str, params: list[dict[str, Any]], codes: tuple[int, ...] = (404,)) -> dict[str, Any]:
+        return {"get": {"operationId": op, "parameters": params,
+                        "responses": {"200": _json({"type": "object"}, "OK"), **errs(*codes)}}}
+
+    infer_body = {"required": True, "content": {
+        "application/json": {"schema": {"type": "object", "required": ["inputs"],
+                                        "properties": {"inputs": {"type": "array", "items": {"type": "object"}}}}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    paths: dict[str, Any] = {
+        "/v2/health/live": {"get": {"operationId": "serverLive", "responses": {"200": _json({"type": "object"}, "Live")}}},
+        "/v2/health/ready": {"get": {"operationId": "serverReady", "responses": {
+            "200": _json({"type": "object"}, "Ready"), "503": _json({"type": "object"}, "Not ready")}}},
+        "/v2": get("serverMetadata", [], ()),
+        "/v2/repository/index": {"post": {"operationId": "repositoryIndex",
+                                          "responses": {"200": _json({"type": "array", "items": {"type": "object"}}, "Models")}}},
+        "/v2/models/stats": get("allModelStats", []),
+        "/v1/models": get("v1Models", [], ()),
+        "/v1/models/{model_name}": get("v1ModelReady", [model]),
+        "/v1/models/{model_name}:predict": {"post": {
+            "operationId": "v1Predict", "parameters": [model],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["instances"], "properties": {"instances": {"type": "array"}}}}}},
+            "responses": {"200": _json({"type": "object"}, "Predictions"), **errs(400, 404, 413, 500, 503, 504)}}},
+    }
+    for suffix, params, tag in (("", [model], ""), ("/versions/{model_version}", [model, version], "Version")):
+        base = "/v2/models/{model_name}" + suffix
+        paths[base] = get("modelMetadata" + tag, params)
+        paths[base + "/ready"] = {"get": {"operationId": "modelReady" + tag, "parameters": params, "responses": {
+            "200": _json({"type": "object"}, "Ready"), "503": _json({"type": "object"}, "Not ready"), **errs(404)}}}
+        paths[base + "/config"] = get("modelConfig" + tag, params)
+        paths[base + "/stats"] = get("modelStats" + tag, params)
+        paths[base + "/infer"] = {"post": {"operationId": "modelInfer" + tag, "parameters": params,
+                                           "requestBody": infer_body,
+                                           "responses": {"200": {"description": "Output tensors",
+                                                                 "content": {"application/json": {"schema": {"type": "object"}},
+                                                                             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                                                         **errs(400, 404, 413, 500, 503, 504)}}}
+    return paths
+
+
 def inference_openapi(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
     model = _path_param("model_name", "Name of a registered model")
     version = _path_param("model_version", "Version of the model")
@@ -73,6 +122,7 @@ def inference_openapi(extra_paths: dict[str, Any] | None = None) -> dict[str, An
         "/predictions/{model_name}": predict("predictions", [model]),
         "/predictions/{model_name}/{model_version}": predict("versionPredictions", [model, version]),
     }
+    paths.update(oip_paths())
     paths.update(extra_paths or {})
     return _doc("modelserve inference API", paths)
 
