@@ -257,3 +257,43 @@ def test_bad_http_never_breaks_the_server(model_store, server_factory):
         s.settimeout(5)
         assert s.recv(100).split(b"\r\n")[0].endswith(b" 400 Bad Request")
     assert _post(url).status_code == 200
+
+
+LEAKY = """
+import os
+import signal
+
+_hoard = []
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    for row in data:
+        body = row.get("body")
+        if body == "oom":  # what the kernel's OOM killer does to a process over its limit
+            os.kill(os.getpid(), signal.SIGKILL)
+        _hoard.append(bytearray(8 * 1024 * 1024))  # leak 8 MiB per request, touched
+        _hoard[-1][::4096] = b"x" * len(_hoard[-1][::4096])
+    return [len(_hoard)] * len(data)
+"""
+
+
+def test_leaking_handler_is_visible_and_an_oom_kill_is_survived(model_store, server_factory):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    make_archive(model_store, "leaky", LEAKY)
+    srv = server_factory(model_store, ["leaky=leaky.mar"]).start()
+    url = srv.url + "/predictions/leaky"
+    before = _workers(srv, "leaky")[0]["memoryUsage"]
+    for _ in range(10):
+        assert _post(url).status_code == 200
+    grown = _workers(srv, "leaky")[0]["memoryUsage"]
+    assert grown - before > 60 * 1024 * 1024, (before, grown)
+    fams = {f.name: f for f in text_string_to_metric_families(requests.get(srv.metrics_url + "/metrics").text)}
+    rss = [s.value for s in fams["modelserve_worker_memory_bytes"].samples if s.labels["model_name"] == "leaky"]
+    assert rss and rss[0] > before + 60 * 1024 * 1024
+    r = _post(url, "oom")
+    assert r.status_code == 500 and "killed by signal SIGKILL" in r.json()["message"]
+    assert _wait(lambda: _post(url).status_code == 200)
+    assert _workers(srv, "leaky")[0]["memoryUsage"] < grown  # the replacement starts small again
