@@ -106,6 +106,7 @@ def test_soak_short(model_store, server_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(float(os.environ.get("MODELSERVE_SOAK_SECONDS", "600")) + 300)
 def test_soak_long(model_store, server_factory):
     seconds = float(os.environ.get("MODELSERVE_SOAK_SECONDS", "600"))
     report = soak(model_store, server_factory, seconds=seconds, rate=300)
