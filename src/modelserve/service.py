@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any, Optional, Union
 
-from .errors import BadRequestError, ModelServeError
+from .errors import BadRequestError, InternalError, ModelServeError
 from .metrics import ServerMetrics
 from .registry import ModelRegistry, ModelVersion, RegisterOptions
 from .types import InferenceRequest, Param, Result
@@ -112,13 +112,48 @@ class ManagementService:
     async def register(self, url: str, opts: RegisterOptions, wait: bool = True) -> ModelVersion:
         return await self.registry.register(url, opts, wait=wait)
 
-    async def scale(self, name: str, version: Optional[str], min_worker: int, max_worker: int) -> ModelVersion:
-        if max_worker < min_worker:
+    @staticmethod
+    def scale_bounds(min_worker: Optional[int], max_worker: Optional[int]) -> tuple[int, int]:
+        """TorchServe's scale defaults and checks: min 1, max = min; max < min is 400, min < 0 is 500."""
+        lo = 1 if min_worker is None else min_worker
+        hi = lo if max_worker is None else max_worker
+        if hi < lo:
             raise BadRequestError("max_worker cannot be less than min_worker.")
-        return await self.registry.scale(name, version, min_worker, max_worker)
+        if lo < 0:
+            raise InternalError(f"Invalid worker count: min_worker={lo}")
+        return lo, hi
+
+    async def scale(self, name: str, version: Optional[str], min_worker: int, max_worker: int) -> ModelVersion:
+        return await self.registry.scale(name, version, *self.scale_bounds(min_worker, max_worker))
 
     def set_default(self, name: str, version: str) -> None:
         self.registry.set_default(name, version)
 
     async def unregister(self, name: str, version: Optional[str]) -> ModelVersion:
         return await self.registry.unregister(name, version)
+
+
+# The status texts of the management operations, shared by REST and gRPC (TorchServe's wording).
+PROCESSING = "Processing worker updates..."
+
+
+def registered_status(mv: ModelVersion, synchronous: bool) -> Optional[str]:
+    """The register answer, or None for an asynchronous register (the caller answers 202 PROCESSING)."""
+    if mv.min_workers == 0:
+        return (f'Model "{mv.name}" Version: {mv.version} registered with 0 initial workers. '
+                "Use scale workers API to add workers for the model.")
+    if synchronous:
+        return f'Model "{mv.name}" Version: {mv.version} registered with {len(mv.pool)} initial workers'
+    return None
+
+
+def scaled_status(mv: ModelVersion, workers: int, version: Optional[str]) -> str:
+    return f"Workers scaled to {workers} for model: {mv.name}" + (f", version: {version}" if version else "")
+
+
+def unregistered_status(mv: ModelVersion) -> str:
+    return f'Model "{mv.name}" unregistered'
+
+
+def default_status(name: str, version: str) -> str:
+    return f'Default version successfully updated for model "{name}" to "{version}"'

@@ -17,12 +17,12 @@ import orjson
 from ..errors import BadRequestError, MethodNotAllowedError, ModelServeError
 from ..log import get_logger
 from ..registry import RegisterOptions
-from ..service import ManagementService
+from ..service import (PROCESSING, ManagementService, default_status, registered_status, scaled_status,
+                       unregistered_status)
 from ._generated import management_pb2, management_pb2_grpc
 from .server import abort
 
 log = get_logger()
-PROCESSING = "Processing worker updates..."
 
 
 def _opt(value: int) -> Optional[int]:
@@ -98,12 +98,7 @@ class ManagementServicer(management_pb2_grpc.ManagementAPIsServiceServicer):
             startup_timeout=_opt(request.startup_timeout),
         )
         mv = await self.service.register(request.url, opts, wait=request.synchronous)
-        if mv.min_workers == 0:
-            return (f'Model "{mv.name}" Version: {mv.version} registered with 0 initial workers. '
-                    "Use scale workers API to add workers for the model.")
-        if request.synchronous:
-            return f'Model "{mv.name}" Version: {mv.version} registered with {len(mv.pool)} initial workers'
-        return PROCESSING
+        return registered_status(mv, request.synchronous) or PROCESSING
 
     @_guard
     async def ScaleWorker(self, request: Any) -> str:
@@ -111,13 +106,11 @@ class ManagementServicer(management_pb2_grpc.ManagementAPIsServiceServicer):
             raise BadRequestError("Parameter model_name is required.")
         name, version = request.model_name, request.model_version or None
         mv = self.service.registry.get(name, version)
-        lo = request.min_worker or 1  # TorchServe's defaults: min 1, max = min
-        hi = request.max_worker or lo
-        if hi < lo:
-            raise BadRequestError("max_worker cannot be less than min_worker.")
+        # proto3 zeros mean "not set"
+        lo, hi = self.service.scale_bounds(request.min_worker or None, request.max_worker or None)
         if request.synchronous:
             await self.service.scale(name, version, lo, hi)
-            return f"Workers scaled to {lo} for model: {mv.name}" + (f", version: {version}" if version else "")
+            return scaled_status(mv, lo, version)
         self._background(self.service.scale(name, version, lo, hi), f"scaling of {name}")
         return PROCESSING
 
@@ -126,7 +119,7 @@ class ManagementServicer(management_pb2_grpc.ManagementAPIsServiceServicer):
         if not request.model_name or not request.model_version:
             raise BadRequestError("Parameters model_name and model_version are required.")
         self.service.set_default(request.model_name, request.model_version)
-        return f'Default version successfully updated for model "{request.model_name}" to "{request.model_version}"'
+        return default_status(request.model_name, request.model_version)
 
     @_guard
     async def UnregisterModel(self, request: Any) -> str:
@@ -134,4 +127,4 @@ class ManagementServicer(management_pb2_grpc.ManagementAPIsServiceServicer):
         if not request.model_name:
             raise BadRequestError("Parameter model_name is required.")
         mv = await self.service.unregister(request.model_name, request.model_version or None)
-        return f'Model "{mv.name}" unregistered'
+        return unregistered_status(mv)

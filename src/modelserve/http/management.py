@@ -7,10 +7,11 @@ from typing import Any, Callable, Optional
 import orjson
 from aiohttp import web
 
-from ..errors import BadRequestError, InternalError, MethodNotAllowedError, ModelServeError, NotFoundError
+from ..errors import BadRequestError, MethodNotAllowedError, ModelServeError, NotFoundError
 from ..log import get_logger
 from ..registry import RegisterOptions
-from ..service import ManagementService
+from ..service import (PROCESSING, ManagementService, default_status, registered_status, scaled_status,
+                       unregistered_status)
 from .common import describe_api, error_response, json_response, methods, token_guard
 from .openapi import management_openapi
 
@@ -97,13 +98,10 @@ class ManagementRoutes:
         )
         synchronous = _bool(params, "synchronous", True)
         mv = await self.service.register(str(url), opts, wait=synchronous)
-        if mv.min_workers == 0:
-            return json_response({"status": f'Model "{mv.name}" Version: {mv.version} registered with 0 initial '
-                                            "workers. Use scale workers API to add workers for the model."})
-        if synchronous:
-            return json_response({"status": f'Model "{mv.name}" Version: {mv.version} registered with '
-                                            f"{len(mv.pool)} initial workers"})
-        return json_response({"status": "Processing worker updates..."}, 202)
+        status = registered_status(mv, synchronous)
+        if status is None:
+            return json_response({"status": PROCESSING}, 202)
+        return json_response({"status": status})
 
     @_guard
     async def describe(self, request: web.Request) -> web.Response:
@@ -119,20 +117,12 @@ class ManagementRoutes:
         version = request.match_info.get("model_version")
         params = await self._params(request)
         mv = self.service.registry.get(name, version)
-        lo = _int(params, "min_worker")
-        lo = 1 if lo is None else lo  # TorchServe's defaults: min 1, max = min
-        hi = _int(params, "max_worker")
-        hi = lo if hi is None else hi
-        if hi < lo:
-            raise BadRequestError("max_worker cannot be less than min_worker.")
-        if lo < 0:
-            raise InternalError(f"Invalid worker count: min_worker={lo}")
-        target = f"for model: {mv.name}" + (f", version: {version}" if version else "")
+        lo, hi = self.service.scale_bounds(_int(params, "min_worker"), _int(params, "max_worker"))
         if _bool(params, "synchronous", False):
             await self.service.scale(name, version, lo, hi)
-            return json_response({"status": f"Workers scaled to {lo} {target}"})
+            return json_response({"status": scaled_status(mv, lo, version)})
         self._background(self.service.scale(name, version, lo, hi))
-        return json_response({"status": "Processing worker updates..."}, 202)
+        return json_response({"status": PROCESSING}, 202)
 
     @_guard
     async def unregister(self, request: web.Request) -> web.Response:
@@ -140,14 +130,14 @@ class ManagementRoutes:
         name = request.match_info["model_name"]
         version = request.match_info.get("model_version")
         mv = await self.service.unregister(name, version)
-        return json_response({"status": f'Model "{mv.name}" unregistered'})
+        return json_response({"status": unregistered_status(mv)})
 
     @_guard
     async def set_default(self, request: web.Request) -> web.Response:
         name = request.match_info["model_name"]
         version = request.match_info["model_version"]
         self.service.set_default(name, version)
-        return json_response({"status": f'Default version successfully updated for model "{name}" to "{version}"'})
+        return json_response({"status": default_status(name, version)})
 
 
 def build_management_app(service: ManagementService, enable_model_api: bool, auth: Any = None) -> web.Application:
