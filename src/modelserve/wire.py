@@ -66,15 +66,16 @@ class FrameDecoder:
         pos = 0
         end = len(buf)
         frames = []
-        while end - pos >= PREFIX_SIZE:
-            size, kind, hlen = _PREFIX.unpack_from(buf, pos)
-            if end - pos - 4 < size:
-                break
-            start = pos + PREFIX_SIZE
-            header = orjson.loads(bytes(buf[start:start + hlen]))
-            body = bytes(buf[start + hlen:pos + 4 + size])
-            frames.append((Kind(kind), header, memoryview(body)))
-            pos += 4 + size
+        with memoryview(buf) as view:  # one copy per frame: the body, out of the receive buffer
+            while end - pos >= PREFIX_SIZE:
+                size, kind, hlen = _PREFIX.unpack_from(view, pos)
+                if end - pos - 4 < size:
+                    break
+                start = pos + PREFIX_SIZE
+                header = orjson.loads(view[start:start + hlen])
+                body = view[start + hlen:pos + 4 + size].tobytes()
+                frames.append((Kind(kind), header, memoryview(body)))
+                pos += 4 + size
         if pos:
             del buf[:pos]
         return iter(frames)
