@@ -75,6 +75,7 @@ class ServerConfig:
     number_of_threads: int = field(default=0, metadata=_doc("torch threads per worker; 0 = cores / workers", int))
     limit_max_image_pixels: bool = field(default=True, metadata=_doc("image handlers refuse images over Pillow's pixel limit (decompression bombs)", _bool))
     use_uvloop: bool = field(default=True, metadata=_doc("run the frontend on uvloop when installed", _bool))
+    http_fast_path: bool = field(default=True, metadata=_doc("serve POST/PUT /predictions on the inference port with modelserve's own HTTP/1.1 code; false: every request through aiohttp", _bool))
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -20,6 +20,7 @@ from .http.inference import add_fallback, build_inference_app
 from .http.management import build_management_app
 from .auth import TokenAuth
 from .http.common import token_guard
+from .http.fastpath import FastPath
 from .http.metrics import build_metrics_app
 from .http.v2 import add_oip_routes
 from .log import ACCESS_LOGGER, METRICS_LOGGER, access_log, get_logger
@@ -116,6 +117,8 @@ class ModelServer:
         self.addresses: list[str] = []
         self._flusher: Optional[asyncio.Task] = None
         self._grpc: Optional[GrpcServers] = None
+        self._fast: Optional[FastPath] = None
+        self._fast_server: Optional[asyncio.AbstractServer] = None
 
     def _apps(self) -> list[tuple[str, web.Application, str, int]]:
         cfg = self.config
@@ -147,7 +150,14 @@ class ModelServer:
             await runner.setup()
             self._runners.append(runner)
             try:
-                await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
+                if label == "Inference API" and self.config.http_fast_path:
+                    # predictions go through FastPath; aiohttp takes over a connection for anything else
+                    self._fast = FastPath(self.inference, self.config.max_request_size, self.auth,
+                                          runner.server)  # type: ignore[arg-type]
+                    self._fast_server = await asyncio.get_running_loop().create_server(
+                        self._fast.protocol, host, port, backlog=1024, reuse_address=True)
+                else:
+                    await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
             except OSError as exc:
                 raise ConfigError(f"cannot listen on {host}:{port} for the {label}: {exc.strerror}") from None
             self.addresses.append(f"{label} bound to http://{host}:{port}")
@@ -163,11 +173,16 @@ class ModelServer:
         self._snapshot()
 
     async def _flush_access_log(self) -> None:
+        loop = asyncio.get_running_loop()
+        ticks = 0
         while True:
             await asyncio.sleep(0.25)
             out = access_log()
             if out is not None:
                 out.flush()
+            ticks += 1
+            if self._fast is not None and ticks % 20 == 0:
+                self._fast.sweep_idle(loop.time())
 
     def _snapshot(self) -> None:
         if not self.snapshots or self._restoring:
@@ -234,6 +249,8 @@ class ModelServer:
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()
+        if self._fast_server is not None:
+            self._fast_server.close()
         if self._grpc is not None:
             self._grpc.begin_stop(grace)
         if self.inference.started:
@@ -242,6 +259,8 @@ class ModelServer:
         await self.registry.stop_all(grace)
         if self._grpc is not None:
             await self._grpc.wait_stopped()
+        if self._fast is not None:
+            await self._fast.shutdown(5.0)
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
