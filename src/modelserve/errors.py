@@ -6,6 +6,11 @@ gRPC status code name, so every adapter maps errors to its wire in one place.
 from __future__ import annotations
 
 
+# The answer to a request whose deadline passed before any worker ran it (in the frontend's queue or
+# in a worker's socket, behind the batch it was running); counted as a ``timeout`` rejection.
+QUEUE_TIMEOUT_MESSAGE = "Request timed out in the queue before reaching a worker"
+
+
 class ModelServeError(Exception):
     """Base of every error that reaches a client."""
 

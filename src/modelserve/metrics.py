@@ -55,7 +55,7 @@ class ModelStats:
     """Per model version counters and histograms, fed by the service layer and the pool."""
 
     __slots__ = ("requests", "ok", "failed", "latency_us", "queue_us", "compute_us", "latency", "queue_wait",
-                 "handler", "batch_size", "batches", "prediction_ms", "last_inference")
+                 "handler", "batch_size", "batches", "pipelined", "prediction_ms", "last_inference")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -69,6 +69,7 @@ class ModelStats:
         self.handler = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.batches: dict[str, int] = {}
+        self.pipelined = 0
         self.prediction_ms = 0.0
         self.last_inference = 0.0
 
@@ -82,7 +83,7 @@ class ModelStats:
         self.latency.observe(seconds)
         self.last_inference = time.time()
 
-    def observe_batch(self, waits: list[float], reason: str, took: float) -> None:
+    def observe_batch(self, waits: list[float], reason: str, took: float, pipelined: bool = False) -> None:
         for w in waits:
             self.queue_wait.observe(w)
             self.queue_us += w * 1e6
@@ -90,6 +91,8 @@ class ModelStats:
         self.handler.observe(took)
         self.batch_size.observe(len(waits))
         self.batches[reason] = self.batches.get(reason, 0) + 1
+        if pipelined:
+            self.pipelined += 1
         self.prediction_ms = took * 1000
 
 
@@ -191,6 +194,9 @@ class ServerMetrics:
         m_bs = HistogramMetricFamily("modelserve_batch_size", "Requests per batch", labels=["model_name", "model_version"])
         m_batches = CounterMetricFamily("modelserve_batches", "Batches dispatched, by why the batch was closed",
                                         labels=["model_name", "model_version", "reason"])
+        m_pipe = CounterMetricFamily("modelserve_pipelined_batches",
+                                     "Batches sent to a worker while it still ran the one before (pipelining)",
+                                     labels=["model_name", "model_version"])
         for (name, version), s in sorted(self.models.items()):
             lv = [name, version]
             ts_req.add_metric([name, version, host], s.requests)
@@ -203,7 +209,8 @@ class ServerMetrics:
                 fam.add_metric(lv, hist.buckets(), hist.sum)
             for reason, n in sorted(s.batches.items()):
                 m_batches.add_metric([name, version, reason], n)
-        yield from (ts_req, ts_lat, ts_q, pred, m_lat, m_q, m_h, m_bs, m_batches)
+            m_pipe.add_metric(lv, s.pipelined)
+        yield from (ts_req, ts_lat, ts_q, pred, m_lat, m_q, m_h, m_bs, m_batches, m_pipe)
         for cls, n in self.status_classes.items():
             m = Metric(f"Requests{cls}", f"Requests answered with a {cls} status", "unknown")
             m.add_sample(f"Requests{cls}", {"Level": "Host", "Hostname": host}, n)

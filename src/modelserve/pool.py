@@ -12,14 +12,15 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import orjson
 
 from .batching import RequestQueue
-from .errors import (GatewayTimeoutError, ModelLoadError, ModelServeError, ServiceUnavailableError, WorkerError,
-                     error_for_status)
+from .errors import (QUEUE_TIMEOUT_MESSAGE, GatewayTimeoutError, ModelLoadError, ModelServeError,
+                     ServiceUnavailableError, WorkerError, error_for_status)
 from .log import MODEL_LOGGER, get_logger
 from .types import InferenceRequest, Result
 from .wire import FrameDecoder, Kind, encode, split_blobs
@@ -31,11 +32,17 @@ model_log = logging.getLogger(MODEL_LOGGER)
 BACKOFF = (0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
 HEALTHY_AFTER = 30.0
 STOP_TIMEOUT = 5.0
+# Batches a worker may hold at once: the one it runs and the next, already in its socket, so it
+# starts on that one without waiting for the frontend (pipelining).
+PIPELINE_DEPTH = 2
 _worker_ids = itertools.count(9000)
 
 MetricsSink = Callable[[list[list[Any]]], None]
-# Called after each batch: its requests, why it closed, when it was dispatched, how long it took (s).
-BatchObserver = Callable[[list[InferenceRequest], str, float, float], None]
+# Called after each batch: its requests, why it closed, when it started running in the worker, how
+# long it took (s), and whether it was pipelined (sent while the worker still ran another batch).
+BatchObserver = Callable[[list[InferenceRequest], str, float, float, bool], None]
+# Takes back the requests of batches a dead worker never started.
+Requeue = Callable[[list[InferenceRequest]], None]
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -58,6 +65,19 @@ def _deliver(req: InferenceRequest, outcome: Any) -> None:
             req.future.set_exception(outcome)
         else:
             req.future.set_result(outcome)
+
+
+class _InFlight:
+    """A batch sent to a worker and not answered yet; the first one in the list is running."""
+
+    __slots__ = ("reqs", "reason", "pipelined", "started", "timer")
+
+    def __init__(self, reqs: list[InferenceRequest], reason: str, pipelined: bool) -> None:
+        self.reqs = reqs
+        self.reason = reason
+        self.pipelined = pipelined
+        self.started = 0.0  # when it became the head: the worker started on it
+        self.timer: Optional[asyncio.TimerHandle] = None
 
 
 class _WorkerProtocol(asyncio.Protocol):
@@ -100,12 +120,13 @@ class WorkerProcess:
     """One live worker process and the Unix socket to it."""
 
     def __init__(self, spec: WorkerSpec, worker_id: int, gpu: Optional[int],
-                 on_metrics: Optional[MetricsSink] = None) -> None:
+                 on_metrics: Optional[MetricsSink] = None, on_batch: Optional[BatchObserver] = None,
+                 requeue: Optional[Requeue] = None) -> None:
         self.spec = spec
         self.id = worker_id
         self.gpu = gpu
         self.on_metrics = on_metrics
-        self.proc: Optional[asyncio.subprocess.Process] = None
+        self.proc: Optional[Any] = None  # asyncio.subprocess.Process or spawn.ForkedWorker
         self.pid: Optional[int] = None
         self.start_time = time.time()
         self.status = "STARTING"
@@ -113,13 +134,23 @@ class WorkerProcess:
         self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
         self.exit_reason = ""
         self._loaded: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._batch: Optional[list[InferenceRequest]] = None
-        self._batch_done: Optional[asyncio.Future] = None
+        self.on_batch = on_batch
+        self.requeue = requeue
+        # Batches sent and not answered, oldest (running) first; at most PIPELINE_DEPTH.
+        self._inflight: deque[_InFlight] = deque()
+        self._head_failed = False  # the running batch was answered with an error: ignore the worker now
+        self._progress: Optional[asyncio.Future] = None  # the serving loop waits here for a batch to end
         self._batch_ids = itertools.count()
         self._replies: dict[Kind, asyncio.Future] = {}
         self._log_task: Optional[asyncio.Task] = None
         self._tail: list[str] = []
         self.batches = 0
+        self.pipelined = 0  # batches sent while the worker was still running another
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is running or waiting in the worker's socket."""
+        return bool(self._inflight)
 
     @property
     def closing(self) -> bool:
@@ -235,7 +266,7 @@ class WorkerProcess:
                 pass
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Ask the worker to exit after its current batch; kill it if it does not."""
+        """Ask the worker to exit after the batches it holds; kill it if it does not."""
         self.status = "STOPPING"
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(encode(Kind.STOP, {}))
@@ -270,27 +301,38 @@ class WorkerProcess:
                 fut.set_result(header)
 
     def _on_result(self, header: dict[str, Any], payload: memoryview) -> None:
-        batch = self._batch
-        if batch is None:
+        inflight = self._inflight
+        if not inflight or self._head_failed:
             return
-        self._batch = None
+        entry = inflight.popleft()  # the worker answers its batches in order: this is the head's
+        if entry.timer is not None:
+            entry.timer.cancel()
+        if inflight:
+            self._start_head(inflight[0])  # the worker goes straight on to the next one
+        took = time.monotonic() - entry.started
         records = header.get("m")
         if records and self.on_metrics is not None:
             self.on_metrics(records)
         blobs = split_blobs(header, payload)
-        for req, (status, ct, hdrs, msg), blob in zip(batch, header["r"], blobs):
+        for req, (status, ct, hdrs, msg), blob in zip(entry.reqs, header["r"], blobs):
             if status >= 400:
-                _deliver(req, error_for_status(status, msg or "request failed"))
+                if req.future.done() and req.stream is None:
+                    continue  # cancelled: its client is gone
+                error = error_for_status(status, msg or "request failed")
+                if status == 504 and msg == QUEUE_TIMEOUT_MESSAGE:
+                    error.reject_reason = "timeout"  # expired in the socket: the worker did not run it
+                _deliver(req, error)
             else:
                 _deliver(req, Result(status, ct, bytes(blob), hdrs))
-        done = self._batch_done
-        if done is not None and not done.done():
-            done.set_result(None)
+        self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(entry.reqs, entry.reason, entry.started, took, entry.pipelined)
+        self._wake_progress()
 
     def _on_partial(self, header: dict[str, Any], payload: memoryview) -> None:
-        batch = self._batch
-        if not batch:
+        if not self._inflight or self._head_failed:
             return
+        batch = self._inflight[0].reqs  # partials come from the running batch
         by_id = {r.request_id: r for r in batch}
         for (rid, status, ct, msg), blob in zip(header["r"], split_blobs(header, payload)):
             req = by_id.get(rid)
@@ -304,43 +346,85 @@ class WorkerProcess:
                 req.future.set_result(req.stream)  # the adapter switches to streaming
             req.stream.put_nowait(chunk)
 
-    def _fail_batch(self, error: Exception) -> None:
-        batch, self._batch = self._batch, None
-        for req in batch or ():
+    def _start_head(self, entry: _InFlight) -> None:
+        """``entry`` is now the batch the worker runs: response_timeout counts from here."""
+        entry.started = time.monotonic()
+        entry.timer = asyncio.get_running_loop().call_later(self.spec.response_timeout, self._on_timeout, entry)
+
+    def _wake_progress(self) -> None:
+        fut = self._progress
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _fail_head(self, error: Exception) -> None:
+        """Answer the running batch with ``error``; later frames of this worker are ignored."""
+        entry = self._inflight.popleft()
+        if entry.timer is not None:
+            entry.timer.cancel()
+        self._head_failed = True
+        for req in entry.reqs:
             _deliver(req, error)
-        done = self._batch_done
-        if done is not None and not done.done():
-            done.set_result(None)
+        if self.on_batch is not None:
+            self.on_batch(entry.reqs, entry.reason, entry.started, time.monotonic() - entry.started, entry.pipelined)
+
+    def _fail_batch(self, error: Exception) -> None:
+        """The worker is gone: fail the batch it ran (unless already failed), requeue the ones it never started."""
+        inflight = self._inflight
+        if inflight and not self._head_failed:
+            self._fail_head(error)
+        waiting = [r for entry in inflight for r in entry.reqs]
+        inflight.clear()
+        if waiting:
+            if self.requeue is not None:
+                self.requeue(waiting)
+            else:
+                for req in waiting:
+                    _deliver(req, error)
+        self._wake_progress()
 
     # -- requests ---------------------------------------------------------------------------------
-    async def run_batch(self, batch: list[InferenceRequest]) -> None:
-        """Send one batch and wait until each of its requests is answered (or failed)."""
+    def send_batch(self, batch: list[InferenceRequest], reason: str) -> None:
+        """Write one batch to the worker; it runs after the ones already in flight (see ``_on_result``)."""
         assert self.transport is not None
         reqs = []
         blobs: list[bytes] = []
         for r in batch:
-            reqs.append([r.request_id, [[p.name, p.content_type] for p in r.params], r.headers])
+            reqs.append([r.request_id, [[p.name, p.content_type] for p in r.params], r.headers, r.deadline])
             blobs.extend(p.data for p in r.params)
-        loop = asyncio.get_running_loop()
-        self._batch = batch
-        self._batch_done = done = loop.create_future()
+        inflight = self._inflight
+        entry = _InFlight(batch, reason, bool(inflight))
         self.transport.write(encode(Kind.BATCH, {"id": next(self._batch_ids), "r": reqs}, blobs))
-        timer = loop.call_later(self.spec.response_timeout, self._on_timeout, done)
-        try:
-            await done
-        finally:
-            timer.cancel()
-        self.batches += 1
+        inflight.append(entry)
+        if len(inflight) == 1:
+            self._start_head(entry)
+        else:
+            self.pipelined += 1
 
-    def _on_timeout(self, done: asyncio.Future) -> None:
-        if done.done():
+    @property
+    def usable(self) -> bool:
+        """Whether batches may still be sent: connected, and not abandoned after a response timeout."""
+        return not self._head_failed and not self.closing and not self.exited.done()
+
+    def cancel(self, req: InferenceRequest) -> bool:
+        """Tell the worker not to run ``req`` if it has not started its batch yet; False if not held here."""
+        for entry in self._inflight:
+            if req in entry.reqs:
+                if not self.closing and not self._head_failed:
+                    assert self.transport is not None
+                    self.transport.write(encode(Kind.CANCEL, {"ids": [req.request_id]}))
+                return True
+        return False
+
+    def _on_timeout(self, entry: _InFlight) -> None:
+        if not self._inflight or self._inflight[0] is not entry or self._head_failed:
             return
         log.error("%s exceeded response_timeout (%g s); restarting it", self.tag, self.spec.response_timeout)
-        self._fail_batch(GatewayTimeoutError(
+        self._fail_head(GatewayTimeoutError(
             f"Model {self.spec.model_name} version {self.spec.model_version} did not answer within "
             f"response_timeout ({self.spec.response_timeout:g} s)"))
+        self._wake_progress()
         self.exit_reason = "killed after response_timeout"
-        self.kill()
+        self.kill()  # the batches behind it are requeued when its socket closes
 
     async def request(self, kind: Kind, reply: Kind, timeout: float, header: Optional[dict] = None) -> dict:
         """Send a control frame (ping, describe) and wait for its reply."""
@@ -355,7 +439,7 @@ class WorkerProcess:
     def info(self) -> dict[str, Any]:
         return {"id": str(self.id), "pid": self.pid, "status": self.status, "gpu": self.gpu is not None,
                 "startTime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.start_time)) + "Z",
-                "busy": self._batch is not None}
+                "busy": self.busy}
 
 
 class _Slot:
@@ -383,7 +467,8 @@ class _Slot:
         pool = self.pool
         attempt = 0
         while not self.stopping:
-            worker = WorkerProcess(pool.spec, next(_worker_ids), self.gpu, pool.on_metrics)
+            worker = WorkerProcess(pool.spec, next(_worker_ids), self.gpu, pool.on_metrics, pool.on_batch,
+                                   pool._requeue)
             self.worker = worker
             try:
                 await worker.start()
@@ -450,7 +535,7 @@ class _Slot:
         spec = self.pool.spec
         while not worker.exited.done():
             await asyncio.sleep(spec.ping_interval)
-            if worker._batch is not None or worker.exited.done():
+            if worker.busy or worker.exited.done():
                 continue
             try:
                 await worker.request(Kind.PING, Kind.PONG, spec.ping_timeout, {"t": time.time()})
@@ -463,17 +548,45 @@ class _Slot:
                 return
 
     async def _serve_loop(self, worker: WorkerProcess, queue: RequestQueue, batch_size: int, delay: float) -> None:
-        observe = self.pool.on_batch
-        clock = time.monotonic
-        while not self.stopping:
-            batch, reason = await queue.get_batch(batch_size, delay)
-            if worker.exited.done() or self.stopping or worker.closing:
+        """Feed the worker: a batch when it is idle, and one more while it runs one (pipelining).
+
+        A busy worker only takes work that no idle worker of the pool is about to take, so light
+        load still spreads over the workers.
+        """
+        inflight = worker._inflight
+        while not self.stopping and worker.usable:
+            if not inflight:
+                batch, reason = await queue.get_batch(batch_size, delay)
+            elif len(inflight) < PIPELINE_DEPTH and queue.has_unclaimed():
+                batch, reason = await queue.get_batch(batch_size, delay, wait=False)
+            else:
+                await self._await_progress(worker, queue, len(inflight) < PIPELINE_DEPTH)
+                continue
+            if not worker.usable or self.stopping:
                 queue.requeue(batch)  # its socket is gone: the next live worker takes the batch
-                return
-            started = clock()
-            await worker.run_batch(batch)
-            if observe is not None:
-                observe(batch, reason, started, clock() - started)
+                break
+            if batch:
+                batch = [r for r in batch if not r.future.done()]  # a client left while the batch filled
+                if batch:
+                    worker.send_batch(batch, reason)
+        while inflight and worker.usable:  # stopping: the batches already sent finish first
+            await self._await_progress(worker, queue, False)
+        if not worker.usable and not self.stopping:
+            await asyncio.shield(worker.exited)  # dying (killed after response_timeout): _serve sees it exit
+
+    @staticmethod
+    async def _await_progress(worker: WorkerProcess, queue: RequestQueue, room: bool) -> None:
+        """Wait until a batch in flight ends or, with ``room``, work arrives that no idle worker takes."""
+        fut = worker._progress = asyncio.get_running_loop().create_future()
+        if room:
+            queue.add_spare(fut)
+        try:
+            await fut
+        finally:
+            if room:
+                queue.remove_spare(fut)
+            if worker._progress is fut:
+                worker._progress = None
 
 
 class WorkerPool:
@@ -489,6 +602,7 @@ class WorkerPool:
         self.on_metrics = on_metrics
         self.on_batch = on_batch
         self.slots: list[_Slot] = []
+        self._retiring: list[_Slot] = []
         self.restarts = 0
 
     def __len__(self) -> int:
@@ -501,6 +615,24 @@ class WorkerPool:
     def last_error(self) -> str:
         errors = [s.last_error for s in self.slots if s.last_error]
         return errors[-1].splitlines()[0][:300] if errors else ""
+
+    def cancel(self, req: InferenceRequest) -> bool:
+        """A request's client gave up after a worker got it: the worker skips it unless already running."""
+        for slot in (*self.slots, *self._retiring):
+            worker = slot.worker
+            if worker is not None and worker.cancel(req):
+                return True
+        return False
+
+    def _requeue(self, reqs: list[InferenceRequest]) -> None:
+        """Requests a dead worker never started: queued again while the pool has workers to run them."""
+        if self.slots:
+            self.queue.requeue(reqs)
+            return
+        error = ServiceUnavailableError(f"Model {self.spec.model_name} version {self.spec.model_version} "
+                                        "was stopped before this request ran")
+        for req in reqs:
+            _deliver(req, error)
 
     def live_workers(self) -> int:
         return sum(1 for s in self.slots if s.worker is not None and s.worker.status == "READY")
@@ -530,12 +662,22 @@ class WorkerPool:
             await self._retire(retiring)
 
     async def _retire(self, slots: list[_Slot]) -> None:
-        """Stop slots: busy workers finish their batch first; idle ones stop waiting at once."""
+        """Stop slots: busy workers finish the batches they hold first; idle ones stop waiting at once."""
+        self._retiring.extend(slots)
+        try:
+            await self._stop_slots(slots)
+        finally:
+            for slot in slots:
+                self._retiring.remove(slot)
+
+    async def _stop_slots(self, slots: list[_Slot]) -> None:
         for slot in slots:
             slot.stopping = True
             worker = slot.worker
-            if slot.task is not None and (worker is None or worker._batch is None):
+            if slot.task is not None and (worker is None or not worker.busy):
                 slot.task.cancel()
+            elif worker is not None:
+                worker._wake_progress()  # its serving loop stops taking work
         for slot in slots:
             if slot.task is not None:
                 try:

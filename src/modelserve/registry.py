@@ -94,7 +94,7 @@ class ModelVersion:
         """Answer every queued and in-flight request, then stop the workers."""
         self.queue.closed = True
         deadline = time.monotonic() + drain_timeout
-        while (len(self.queue) or any(w._batch is not None for w in self.pool.workers())) \
+        while (len(self.queue) or any(w.busy for w in self.pool.workers())) \
                 and time.monotonic() < deadline and self.pool.serviceable():
             await asyncio.sleep(0.01)
         for req in self.queue.drain_all():
@@ -367,8 +367,8 @@ def worker_threads(cores: int, workers: int) -> int:
 
 
 def _batch_observer(stats: ModelStats) -> BatchObserver:
-    def observe(batch: list[InferenceRequest], reason: str, started: float, took: float) -> None:
-        stats.observe_batch([started - r.arrival for r in batch], reason, took)
+    def observe(batch: list[InferenceRequest], reason: str, started: float, took: float, pipelined: bool) -> None:
+        stats.observe_batch([started - r.arrival for r in batch], reason, took, pipelined)
     return observe
 
 

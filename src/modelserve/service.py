@@ -58,7 +58,8 @@ class InferenceService:
                 mv.stats.observe_request(False, time.monotonic() - now)
             raise
         except asyncio.CancelledError:
-            mv.queue.discard(req)
+            if not mv.queue.discard(req):
+                mv.pool.cancel(req)  # sent to a worker: it skips the request unless already running it
             raise
         mv.stats.observe_request(True, time.monotonic() - now)
         self.metrics.count_status(answer.status if isinstance(answer, Result) else 200)

@@ -28,7 +28,8 @@ class Kind(IntEnum):
     DESCRIBE = 7  # frontend -> worker: ask for describe_handle()
     DESCRIBED = 8
     METRICS = 9  # worker -> frontend: handler metric records
-    STOP = 10  # frontend -> worker: exit after the current batch
+    STOP = 10  # frontend -> worker: exit after the batches already sent
+    CANCEL = 11  # frontend -> worker: {"ids": [...]}: skip these requests if their batch has not started
 
 
 def encode(kind: Kind, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> bytes:

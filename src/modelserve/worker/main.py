@@ -5,12 +5,15 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
+from collections import deque
 from typing import Any, Optional
 
 import orjson
 
 from .. import __version__
+from ..errors import QUEUE_TIMEOUT_MESSAGE
 from ..handler import Context, PredictionException
 from ..wire import Kind, encode, read_frame, split_blobs
 from .codec import InputError, decode_input, encode_output
@@ -62,6 +65,10 @@ class Worker:
         self.handler: Optional[LoadedHandler] = None
         self._batch_id: Any = None
         self._oip: list[bool] = []  # per handler input: an Open Inference Protocol request (tensors)
+        # Batches received and not started: the frontend sends the next while this one runs.
+        self._pending: deque[tuple[dict[str, Any], memoryview]] = deque()
+        self._cancelled: set[str] = set()  # ids of pending requests whose client gave up
+        self._stopping = False
 
     # -- load --------------------------------------------------------------------------------
     def load(self) -> bool:
@@ -85,20 +92,58 @@ class Worker:
 
     # -- serve -------------------------------------------------------------------------------
     def serve(self) -> None:
+        """Run batches in the order received; before each, take in every frame already sent.
+
+        That drain is what lets a CANCEL for a request of a batch waiting here arrive in time, and
+        what keeps control frames (PING, DESCRIBE) answered in order between batches.
+        """
+        sock = self.sock
+        pending = self._pending
+        while True:
+            if not pending:
+                if self._stopping:
+                    return
+                try:
+                    self._on_frame(*read_frame(sock))
+                except (ConnectionError, OSError):
+                    return
+                continue
+            if not self._drain():
+                return  # the frontend is gone: nobody would read the results
+            header, payload = pending.popleft()
+            sock.sendall(self.run_batch(header, payload))
+
+    def _drain(self) -> bool:
+        """Read every frame already in the socket without waiting for more; False once it is closed."""
         sock = self.sock
         while True:
             try:
-                kind, header, payload = read_frame(sock)
+                if not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return False
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return False
+            try:
+                self._on_frame(*read_frame(sock))  # a frame has begun: the rest follows at once
             except (ConnectionError, OSError):
-                return
-            if kind is Kind.BATCH:
-                sock.sendall(self.run_batch(header, payload))
-            elif kind is Kind.PING:
-                sock.sendall(encode(Kind.PONG, {"t": header.get("t")}))
-            elif kind is Kind.DESCRIBE:
-                sock.sendall(self.describe())
-            elif kind is Kind.STOP:
-                return
+                return False
+
+    def _on_frame(self, kind: Kind, header: dict[str, Any], payload: memoryview) -> None:
+        if kind is Kind.BATCH:
+            self._pending.append((header, payload))
+        elif kind is Kind.CANCEL:
+            ids = set(header.get("ids") or ())
+            for pending, _ in self._pending:  # only ids still waiting here: the set stays small
+                for rec in pending["r"]:
+                    if rec[0] in ids:
+                        self._cancelled.add(rec[0])
+        elif kind is Kind.PING:
+            self.sock.sendall(encode(Kind.PONG, {"t": header.get("t")}))
+        elif kind is Kind.DESCRIBE:
+            self.sock.sendall(self.describe())
+        elif kind is Kind.STOP:
+            self._stopping = True  # after the batches already received
 
     def describe(self) -> bytes:
         try:
@@ -119,7 +164,18 @@ class Worker:
         index: list[int] = []  # batch position of each handler input
         self._oip = oip = []
         pos = 0
-        for i, (rid, params, hdrs) in enumerate(reqs):
+        now = time.monotonic()  # CLOCK_MONOTONIC: system-wide, so the frontend's deadlines compare
+        cancelled = self._cancelled
+        for i, (rid, params, hdrs, deadline) in enumerate(reqs):
+            if cancelled and rid in cancelled:  # the frontend ignores these answers: the client is gone
+                cancelled.discard(rid)
+                pos += len(params)
+                results[i] = [499, "", None, "cancelled: the client went away"]
+                continue
+            if deadline is not None and now > deadline:
+                pos += len(params)
+                results[i] = [504, "", None, QUEUE_TIMEOUT_MESSAGE]
+                continue
             item: dict[str, Any] = {}
             try:
                 for name, ct in params:
