@@ -15,7 +15,7 @@ LAYERS = {
     0: ["errors", "types"],
     1: ["config", "log", "archive", "wire", "handler", "handler_utils", "devices", "auth", "fetch",
         "metrics_config", "envconfig"],
-    2: ["worker", "metrics", "sysmetrics", "batching", "pool", "oip"],
+    2: ["worker", "metrics", "sysmetrics", "batching", "pool", "oip", "spawn"],
     3: ["registry", "service", "snapshot", "runtime_metrics"],
     4: ["http", "grpc", "console"],
     5: ["server", "cli", "bench", "__init__", "compat"],

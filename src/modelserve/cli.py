@@ -96,6 +96,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def run_foreground(args: argparse.Namespace, config: ServerConfig, unknown: tuple[str, ...],
                    ignored: tuple[str, ...], env_lines: Sequence[tuple[int, str]] = ()) -> int:
+    from . import spawn
+
+    # First thing: the worker template imports torch while this process imports the frontend (the
+    # heavy part, aiohttp/grpc/prometheus, comes with .server in _serve); workers are then forks of it.
+    template_error = spawn.start_template() if config.worker_template else None
+    try:
+        return _run_foreground(args, config, unknown, ignored, env_lines, template_error)
+    finally:
+        spawn.stop_template()
+
+
+def _run_foreground(args: argparse.Namespace, config: ServerConfig, unknown: tuple[str, ...],
+                    ignored: tuple[str, ...], env_lines: Sequence[tuple[int, str]],
+                    template_error: Optional[str]) -> int:
     setup_logging(config.log_dir, console=args.ready_fd is None, level=config.log_level, fmt=config.log_format,
                   access_log=config.enable_access_log)
     log = get_logger()
@@ -105,6 +119,8 @@ def run_foreground(args: argparse.Namespace, config: ServerConfig, unknown: tupl
         log.warning("config: TorchServe keys that modelserve does not use (ignored): %s", ", ".join(ignored))
     for level, line in env_lines:  # which keys MODELSERVE_* variables set
         log.log(level, "%s", line)
+    if template_error:
+        log.warning("the worker template did not start (%s); workers start as new processes", template_error)
     if config.use_uvloop:
         try:
             import uvloop

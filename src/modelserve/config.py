@@ -50,6 +50,7 @@ class ServerConfig:
     worker_ping_timeout: float = field(default=10.0, metadata=_doc("seconds a worker may take to answer a ping before it is replaced", float))
     default_response_timeout: int = field(default=120, metadata=_doc("seconds a batch may take before 504 and a worker restart", int))
     default_startup_timeout: int = field(default=120, metadata=_doc("seconds a worker may take to load its model", int))
+    worker_template: bool = field(default=True, metadata=_doc("fork workers from a template process that has imported torch once (fast start, restart and scale-up); false: start each worker as a new Python process", _bool))
     max_request_size: int = field(default=6553500, metadata=_doc("largest request body in bytes (413 above)", int))
     max_response_size: int = field(default=6553500, metadata=_doc("largest response body in bytes (500 above)", int))
     batch_size: int = field(default=1, metadata=_doc("default batch size of a model", int))

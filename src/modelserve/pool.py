@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from .batching import RequestQueue
 from .errors import (QUEUE_TIMEOUT_MESSAGE, GatewayTimeoutError, ModelLoadError, ModelServeError,
                      ServiceUnavailableError, WorkerError, error_for_status)
 from .log import MODEL_LOGGER, get_logger
+from .spawn import spawn_worker
 from .types import InferenceRequest, Result
 from .wire import FrameDecoder, Kind, encode, split_blobs
 
@@ -180,12 +180,8 @@ class WorkerProcess:
         env["PYTHONUNBUFFERED"] = "1"
         if spec.threads > 0:
             env.setdefault("OMP_NUM_THREADS", str(spec.threads))
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "modelserve.worker", pass_fds=(child.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=env, cwd=spec.model_dir,
-            )
+        try:  # forked from the worker template when there is one, else a new process (see spawn.py)
+            self.proc = await spawn_worker(env, spec.model_dir, child, spec.startup_timeout)
         finally:
             child.close()
         self.pid = self.proc.pid
