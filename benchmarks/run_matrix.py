@@ -418,15 +418,19 @@ def rss(pid: Optional[int]) -> Optional[dict[str, Any]]:
 
     p = psutil.Process(pid)
     workers = []
+    template = []
     for c in p.children(recursive=True):
         try:
             cmd = " ".join(c.cmdline())
             if "python" in c.name() or "python" in cmd:
-                workers.append(round(c.memory_info().rss / 2**20, 1))
+                mib = round(c.memory_info().rss / 2**20, 1)
+                # modelserve's worker template: the frontend's own child that forked the workers
+                is_template = "modelserve.worker.template" in cmd and c.ppid() == pid and c.children()
+                (template if is_template else workers).append(mib)
         except psutil.NoSuchProcess:
             pass
     return {"frontend_mib": round(p.memory_info().rss / 2**20, 1), "frontend_bytes": p.memory_info().rss,
-            "workers_mib": workers}
+            "workers_mib": workers, "template_mib": template}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -764,7 +768,9 @@ def markdown(res: dict[str, Any]) -> str:
     for srv, mem in (res.get("memory") or {}).items():
         if mem:
             L.append(f"- RSS with linear and mlp loaded (1 worker each), {srv}: frontend {mem['frontend_mib']} MiB "
-                     f"({mem['frontend_bytes'] / 1e6:.1f} MB); workers " + ", ".join(f"{w} MiB" for w in mem["workers_mib"]))
+                     f"({mem['frontend_bytes'] / 1e6:.1f} MB); workers " + ", ".join(f"{w} MiB" for w in mem["workers_mib"])
+                     + "".join(f"; worker template {t} MiB (its pages are shared with the workers it forked)"
+                               for t in mem.get("template_mib") or ()))
     L += ["", "## Targets", "", "| target | result | detail |", "|---|---|---|"]
     for name, ok, detail in res["targets"]:
         L.append(f"| {name} | {'PASS' if ok else ('n/a' if ok is None else '**FAIL**')} | {detail} |")

@@ -310,15 +310,16 @@ class WorkerTemplate:
         if not self.stopping:
             log.warning("worker template (pid %s) exited%s", self.pid,
                         f"; {len(children)} of its workers died with it" if children else "")
-        self._reap_later(0)
+        self._reap_later(self.proc, 0)
 
-    def _reap_later(self, tries: int) -> None:
-        proc = self.proc
+    def _reap_later(self, proc: Optional[subprocess.Popen], tries: int) -> None:
+        """Reap the exited template; kill it if it lingers. Bound to that process: by the time this
+        runs again, ``self.proc`` may be its restarted successor."""
         if proc is None or proc.poll() is not None or self._loop is None:
             return
         if tries >= 10:
             proc.kill()
-        self._loop.call_later(0.1, self._reap_later, tries + 1)
+        self._loop.call_later(0.1, self._reap_later, proc, tries + 1)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the control socket (the template exits when it sees that) and reap the process."""
@@ -372,22 +373,29 @@ async def spawn_worker(env: dict[str, str], cwd: str, sock: socket.socket, timeo
     ``timeout`` bounds how long the template may take to answer before the worker is spawned instead.
     """
     template = _template
-    if template is not None and not template.stopping:
+    for _ in range(TEMPLATE_STARTS):  # a template that dies under a fork request is restarted (once)
+        if template is None or template.stopping:
+            break
         if not template.alive and template.starts < TEMPLATE_STARTS:
             log.warning("restarting the worker template")
             try:
                 template.start()
             except OSError as exc:
                 log.error("the worker template could not restart: %s", exc)
-        if template.alive:
-            reason = template.unforkable(env)
-            if reason is None:
-                try:
-                    return await template.fork(env, cwd, sock, timeout)
-                except TemplateUnavailable as exc:
-                    log.warning("worker template could not start a worker (%s); spawning it instead", exc)
-            else:
-                log.info("spawning a worker instead of forking it from the template: %s", reason)
+        if not template.alive:
+            break
+        reason = template.unforkable(env)
+        if reason is not None:
+            log.info("spawning a worker instead of forking it from the template: %s", reason)
+            break
+        try:
+            return await template.fork(env, cwd, sock, timeout)
+        except TemplateUnavailable as exc:
+            if template.alive and template.proc is not None and template.proc.poll() is not None:
+                template._lost()  # it died (its workers with it) before we saw its socket close
+            if template.alive:
+                log.warning("worker template could not start a worker (%s); spawning it instead", exc)
+                break
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "modelserve.worker", pass_fds=(sock.fileno(),),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
