@@ -264,6 +264,11 @@ class WorkerProcess:
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Ask the worker to exit after the batches it holds; kill it if it does not."""
         self.status = "STOPPING"
+        if self.proc is None:  # its start was abandoned before a process existed (a fork still queued)
+            if not self.exited.done():
+                self.exited.set_result(self.exit_reason or "stopped while starting")
+            self.status = "STOPPED"
+            return
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(encode(Kind.STOP, {}))
         try:
