@@ -21,7 +21,7 @@ from .batching import RequestQueue
 from .errors import (QUEUE_TIMEOUT_MESSAGE, GatewayTimeoutError, ModelLoadError, ModelServeError,
                      ServiceUnavailableError, WorkerError, error_for_status)
 from .log import MODEL_LOGGER, get_logger
-from .spawn import spawn_worker
+from .spawn import output_lines, spawn_worker
 from .types import InferenceRequest, Result
 from .wire import FrameDecoder, Kind, encode, split_blobs
 
@@ -144,7 +144,6 @@ class WorkerProcess:
         self._replies: dict[Kind, asyncio.Future] = {}
         self._log_task: Optional[asyncio.Task] = None
         self._tail: list[str] = []
-        self.batches = 0
         self.pipelined = 0  # batches sent while the worker was still running another
 
     @property
@@ -210,15 +209,7 @@ class WorkerProcess:
     async def _pump_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         prefix = f"[{self.spec.model_name}:{self.spec.model_version} worker {self.id} pid {self.pid}] "
-        stream = self.proc.stdout
-        while True:
-            try:
-                line = await stream.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                continue
-            if not line:
-                break
-            text = line.decode("utf-8", errors="replace").rstrip("\n")
+        async for text in output_lines(self.proc.stdout):
             model_log.info("%s%s", prefix, text)
             self._tail.append(text)
             if len(self._tail) > 50:
@@ -325,7 +316,6 @@ class WorkerProcess:
                 _deliver(req, error)
             else:
                 _deliver(req, Result(status, ct, bytes(blob), hdrs))
-        self.batches += 1
         if self.on_batch is not None:
             self.on_batch(entry.reqs, entry.reason, entry.started, took, entry.pipelined)
         self._wake_progress()

@@ -23,7 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
 import orjson
 
@@ -42,6 +42,18 @@ START_VARS = ("PYTHON", "LD_", "MALLOC_", "GLIBC_TUNABLES", "OMP_", "KMP_", "GOM
               "GOTO_", "TORCH_", "PYTORCH_")
 FORKABLE_VARS = frozenset({"OMP_NUM_THREADS", "PYTHONUNBUFFERED"})
 TEMPLATE_STARTS = 2  # the first start and one lazy restart; then workers are spawned
+
+
+async def output_lines(reader: asyncio.StreamReader) -> AsyncIterator[str]:
+    """A child process's output, line by line, decoded (a line over the reader's limit is skipped)."""
+    while True:
+        try:
+            line = await reader.readline()
+        except (ValueError, asyncio.LimitOverrunError):
+            continue
+        if not line:
+            return
+        yield line.decode("utf-8", errors="replace").rstrip("\n")
 
 
 class TemplateUnavailable(Exception):
@@ -226,15 +238,8 @@ class WorkerTemplate:
         reader = asyncio.StreamReader(limit=2 ** 16)
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
         try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    continue
-                if not line:
-                    break
-                model_log.info("[worker template pid %s] %s", proc.pid,
-                               line.decode("utf-8", errors="replace").rstrip("\n"))
+            async for line in output_lines(reader):
+                model_log.info("[worker template pid %s] %s", proc.pid, line)
         finally:
             transport.close()
 

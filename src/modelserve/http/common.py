@@ -23,10 +23,16 @@ def json_response(data: Any, status: int = 200, request_id: Optional[str] = None
     return web.Response(body=orjson.dumps(data), status=status, headers=headers)
 
 
+def error_headers(exc: ModelServeError) -> Optional[dict[str, str]]:
+    """Headers an error answer carries besides its JSON: a 503 asks the client to retry shortly."""
+    return {"Retry-After": "1"} if exc.status == 503 else None
+
+
 def error_response(exc: ModelServeError, request_id: Optional[str] = None) -> web.Response:
     resp = json_response(exc.to_dict(), exc.status, request_id)
-    if exc.status == 503:
-        resp.headers["Retry-After"] = "1"
+    extra = error_headers(exc)
+    if extra:
+        resp.headers.update(extra)
     return resp
 
 
@@ -123,13 +129,17 @@ async def read_params(request: web.Request, limit: int) -> list[Param]:
         except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
             raise BadRequestError(f"Malformed multipart body: {exc}") from None
         return params
-    if lower.startswith("application/x-www-form-urlencoded"):
-        body = await read_body(request, limit)
+    return body_params(ct, await read_body(request, limit))
+
+
+def body_params(ct: str, body: bytes) -> list[Param]:
+    """The inputs of a request that is not multipart: form fields, or the raw body as ``body``."""
+    if ct[:33].lower() == "application/x-www-form-urlencoded":
         if b"=" not in body:  # `curl -d 5.0` sends a bare value under this type: keep it as the body
             return [Param("body", "text/plain", body)]
         return [Param(k, "text/plain", v.encode()) for k, v in parse_qsl(body.decode("utf-8", "replace"),
                                                                            keep_blank_values=True)]
-    return [Param("body", ct or "application/octet-stream", await read_body(request, limit))]
+    return [Param("body", ct or "application/octet-stream", body)]
 
 
 def flat_headers(headers: CIMultiDict) -> list[str]:

@@ -14,14 +14,14 @@ import asyncio
 import time
 from http import HTTPStatus
 from typing import Any, Callable, Optional
-from urllib.parse import parse_qsl
 
 import orjson
 
 from ..errors import InternalError, ModelServeError
 from ..log import access_log, get_logger
 from ..service import InferenceService, new_request_id
-from ..types import Param, Result
+from ..types import Result
+from .common import body_params, error_headers
 
 log = get_logger()
 
@@ -194,7 +194,7 @@ class FastHTTPProtocol(asyncio.Protocol):
                         service.record_error(exc)
                         raise
                 answer = await service.predict(names[0], names[1] if len(names) > 1 else None,
-                                               _params(ctype, body), headers, rid)
+                                               body_params(ctype, body), headers, rid)
             except ModelServeError as exc:
                 status = exc.status
                 self._write_error(exc, rid, keep_alive)
@@ -255,8 +255,7 @@ class FastHTTPProtocol(asyncio.Protocol):
             transport.writelines((head, body))
 
     def _write_error(self, exc: ModelServeError, rid: str, keep_alive: bool) -> None:
-        extra = {"Retry-After": "1"} if exc.status == 503 else None
-        self._write(exc.status, "application/json", orjson.dumps(exc.to_dict()), rid, extra, keep_alive)
+        self._write(exc.status, "application/json", orjson.dumps(exc.to_dict()), rid, error_headers(exc), keep_alive)
 
     async def _stream(self, chunks: asyncio.Queue, rid: str, keep_alive: bool) -> int:
         """Chunked transfer: one HTTP chunk per intermediate result, then the final one."""
@@ -331,16 +330,6 @@ def _parse_head(head: bytes) -> Optional[tuple[str, str, str, list[str], int, st
         headers.append(text)
     keep_alive = ("close" not in conn) if version == "1.1" else ("keep-alive" in conn)
     return method, target, version, headers, length, ctype, keep_alive, auth
-
-
-def _params(ctype: str, body: bytes) -> list[Param]:
-    """The request's inputs, as the aiohttp route reads them (multipart never comes here)."""
-    if ctype[:33].lower() == "application/x-www-form-urlencoded":
-        if b"=" not in body:  # `curl -d 5.0` sends a bare value under this type: keep it as the body
-            return [Param("body", "text/plain", body)]
-        return [Param(k, "text/plain", v.encode()) for k, v in parse_qsl(body.decode("utf-8", "replace"),
-                                                                           keep_blank_values=True)]
-    return [Param("body", ctype or "application/octet-stream", body)]
 
 
 def _extra_headers(ctype: str, extra: dict[str, str]) -> tuple[str, bytes]:
