@@ -42,6 +42,7 @@ def handle(data, context):
         if body == "exit":
             os._exit(7)
         if body == "sleep":
+            print("sleeping now", flush=True)
             time.sleep(30)
         out.append({"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "path0": sys.path[0],
                     "model_dir": context.system_properties["model_dir"],
@@ -150,7 +151,7 @@ def test_a_killed_worker_is_reported_and_forked_again_from_the_template(model_st
     victim = _ready_pids(srv)[0]
     with cf.ThreadPoolExecutor(1) as pool:
         fut = pool.submit(_post, srv, "info", "sleep")
-        time.sleep(1.0)
+        assert _wait(lambda: "sleeping now" in srv.read_output())  # the worker runs "sleep"
         os.kill(victim, signal.SIGKILL)
         r = fut.result(60)
     assert r.status_code == 500 and "killed by signal SIGKILL" in r.json()["message"], r.text
