@@ -19,10 +19,16 @@ class RequestQueue:
     waits for a first request, then up to ``max_delay`` for more, and returns as soon as the batch
     is full. Requests whose client is gone, or whose deadline passed, are dropped when taken.
 
-    Idle workers wait in ``get_batch``; a worker already running a batch may take one more
-    (pipelining) but only work that no idle worker is about to take: it waits as a *spare*
-    (``add_spare``), woken only when a request arrives and no idle worker waits, and checks
-    ``has_unclaimed`` (requests beyond those that woken idle workers will take).
+    Who gets an arriving request, in this order:
+
+    1. the oldest batch being collected. It is woken once, when the queue holds all it still needs
+       (or when its delay runs out), not once per request; the requests it waits for are reserved
+       for it. Filling one batch before starting another sends the first batch as early as possible,
+       so with two workers one computes while the other's batch fills;
+    2. an idle worker waiting for a first request;
+    3. a worker already running a batch (pipelining), but only for work that no idle worker or
+       collecting batch is about to take: it waits as a *spare* (``add_spare``), and checks
+       ``has_unclaimed``.
     """
 
     def __init__(self, maxsize: int, max_bytes: Optional[int] = None,
@@ -32,10 +38,14 @@ class RequestQueue:
         self.clock = clock
         self._items: deque[InferenceRequest] = deque()
         self._bytes = 0
-        self._waiters: deque[asyncio.Future] = deque()
+        self._idle: deque[_Waiter] = deque()  # idle workers waiting for a first request
+        self._collectors: deque[_Waiter] = deque()  # batches waiting for more, oldest first
+        self._reserved = 0  # requests the waiting collectors still need
+        self._woken: list[_Waiter] = []  # resolved, not yet running: they take what they claim
         self._spares: deque[asyncio.Future] = deque()  # busy workers with room for one more batch
-        self._claimed = 0  # idle waiters woken that have not run yet: each takes what woke it
+        self._claimed = 0  # requests that woken waiters will take when they run
         self.closed = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -58,7 +68,7 @@ class RequestQueue:
         self._items.append(req)
         self._bytes += req.size
         if len(self._items) > self._claimed:
-            self._wake_one()
+            self._wake()
 
     def discard(self, req: InferenceRequest) -> bool:
         """Drop a request that has not been taken yet (its client went away)."""
@@ -70,8 +80,8 @@ class RequestQueue:
         return True
 
     def has_unclaimed(self) -> bool:
-        """Whether requests wait that no woken idle worker is about to take."""
-        return len(self._items) > self._claimed
+        """Whether requests wait that no woken worker and no collecting batch is about to take."""
+        return len(self._items) - self._claimed - self._reserved > 0
 
     def add_spare(self, fut: asyncio.Future) -> None:
         """Resolve ``fut`` when work arrives that no idle worker waits for (see ``remove_spare``)."""
@@ -83,20 +93,45 @@ class RequestQueue:
         except ValueError:
             pass
 
-    def _wake_one(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(True)  # True: woken for work (a timer resolves None)
-                self._claimed += 1
+    def _wake(self) -> None:
+        """Hand the requests nobody has claimed yet to collectors, then idle workers, then a spare."""
+        avail = len(self._items) - self._claimed
+        for w in self._woken:  # about to run: each takes up to what it wants, whatever woke it
+            if avail <= 0:
                 return
+            extra = min(avail, w.want - w.claim)
+            w.claim += extra
+            self._claimed += extra
+            avail -= extra
+        collectors = self._collectors
+        while collectors and avail > 0:
+            w = collectors[0]
+            if avail < w.want:
+                return  # all of it is for the oldest collecting batch: it fills first
+            collectors.popleft()
+            self._reserved -= w.want
+            avail -= self._resolve(w, w.want)
+        idle = self._idle
+        while idle and avail > 0:
+            w = idle.popleft()
+            avail -= self._resolve(w, min(avail, w.want))
+        if avail <= 0:
+            return
         spares = self._spares
         while spares:
             fut = spares.popleft()
             if not fut.done():
                 fut.set_result(None)
                 return
+
+    def _resolve(self, w: _Waiter, claim: int) -> int:
+        if w.fut.done():
+            return 0
+        w.fut.set_result(None)
+        w.claim = claim
+        self._claimed += claim
+        self._woken.append(w)
+        return claim
 
     def _pop_live(self) -> Optional[InferenceRequest]:
         items = self._items
@@ -114,44 +149,80 @@ class RequestQueue:
             return req
         return None
 
-    async def _wait(self, timeout: Optional[float]) -> None:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._waiters.append(fut)
-        handle = loop.call_later(timeout, _resolve, fut) if timeout is not None else None
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():  # cached: on Python 3.11 get_running_loop() is a syscall
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    async def _wait(self, want: int, collecting: bool, timeout: Optional[float] = None) -> None:
+        """Wait as an idle worker that takes up to ``want`` requests, or as a batch that needs ``want`` more."""
+        loop = self._get_loop()
+        w = _Waiter(loop.create_future(), want)
+        if collecting:
+            self._collectors.append(w)
+            self._reserved += want
+        else:
+            self._idle.append(w)
+        handle = loop.call_later(timeout, self._expire, w) if timeout is not None else None
+        stopped = False
         try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.result() is True:
-                self._claimed -= 1
-                if len(self._items) > self._claimed:
-                    self._wake_one()  # woken for work but stopped: pass the wake on
-                raise
+            await w.fut
+        except BaseException:
+            stopped = True
+            raise
         finally:
             if handle is not None:
                 handle.cancel()
-            if not fut.done():
-                fut.cancel()
-        if fut.result() is True:
-            self._claimed -= 1
+            if not w.fut.done():
+                w.fut.cancel()
+            self._unlist(w)
+            if w.claim:
+                self._claimed -= w.claim
+            if stopped and len(self._items) > self._claimed:
+                self._wake()  # what it had reserved, or was woken for, goes to the next waiter
+
+    def _expire(self, w: _Waiter) -> None:
+        """A collecting batch's delay ran out: it leaves with what the queue holds."""
+        if self._unlist(w):
+            self._woken.append(w)
+        if not w.fut.done():
+            w.fut.set_result(None)
+
+    def _unlist(self, w: _Waiter) -> bool:
+        """Take ``w`` out of whichever list holds it; True if it was woken (it runs now)."""
+        if w in self._woken:
+            self._woken.remove(w)
+            return True
+        try:
+            self._collectors.remove(w)
+            self._reserved -= w.want
+            return False
+        except ValueError:
+            pass
+        try:
+            self._idle.remove(w)
+        except ValueError:
+            pass
+        return False
 
     async def get_batch(self, batch_size: int, max_delay: float,
                         wait: bool = True) -> tuple[list[InferenceRequest], str]:
         """Up to ``batch_size`` live requests and why the batch was closed (``full``/``delay_expired``).
 
-        With ``wait=False`` (a busy worker taking one more batch) it takes only unclaimed requests,
-        and an empty batch comes back at once when there is none.
+        With ``wait=False`` (a busy worker taking one more batch) it starts only on unclaimed
+        requests, and an empty batch comes back at once when there is none.
         """
-        first = self._pop_live() if wait or len(self._items) > self._claimed else None
+        first = self._pop_live() if wait or self.has_unclaimed() else None
         while first is None:
             if not wait:
                 return [], ""
-            await self._wait(None)
+            await self._wait(batch_size, False)
             first = self._pop_live()
         batch = [first]
         if batch_size == 1:
             if len(self._items) > self._claimed:
-                self._wake_one()  # more work is queued: let another worker start on it
+                self._wake()  # more work is queued: let another worker start on it
             return batch, FULL
         deadline = self.clock() + max_delay
         try:
@@ -163,12 +234,12 @@ class RequestQueue:
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     return batch, DELAY
-                await self._wait(remaining)
+                await self._wait(batch_size - len(batch), True, remaining)
         except asyncio.CancelledError:
             self.requeue(batch)  # the collector was stopped: hand back what it took
             raise
         if len(self._items) > self._claimed:
-            self._wake_one()  # more work is queued: let another idle worker start on it
+            self._wake()  # more work is queued: let another idle worker start on it
         return batch, FULL
 
     def requeue(self, batch: list[InferenceRequest]) -> None:
@@ -178,7 +249,7 @@ class RequestQueue:
                 self._items.appendleft(req)
                 self._bytes += req.size
         if len(self._items) > self._claimed:
-            self._wake_one()
+            self._wake()
 
     def drain_all(self) -> list[InferenceRequest]:
         out = [r for r in self._items if not r.future.done()]
@@ -187,13 +258,27 @@ class RequestQueue:
         return out
 
     def wake_all(self) -> None:
-        for waiters in (self._waiters, self._spares):
+        for waiters in (self._collectors, self._idle):
             while waiters:
-                fut = waiters.popleft()
-                if not fut.done():
-                    fut.set_result(None)
+                w = waiters.popleft()
+                if waiters is self._collectors:
+                    self._reserved -= w.want
+                self._woken.append(w)
+                if not w.fut.done():
+                    w.fut.set_result(None)
+        spares = self._spares
+        while spares:
+            fut = spares.popleft()
+            if not fut.done():
+                fut.set_result(None)
 
 
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
+class _Waiter:
+    """A worker waiting in the queue: idle (takes up to ``want``) or collecting (needs ``want`` more)."""
+
+    __slots__ = ("fut", "want", "claim")
+
+    def __init__(self, fut: asyncio.Future, want: int) -> None:
+        self.fut = fut
+        self.want = want
+        self.claim = 0  # requests claimed for it since it was woken

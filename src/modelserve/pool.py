@@ -131,9 +131,10 @@ class WorkerProcess:
         self.start_time = time.time()
         self.status = "STARTING"
         self.transport: Optional[asyncio.Transport] = None
-        self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()  # kept: on Python 3.11 get_running_loop() is a syscall
+        self.exited: asyncio.Future = self.loop.create_future()
         self.exit_reason = ""
-        self._loaded: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._loaded: asyncio.Future = self.loop.create_future()
         self.on_batch = on_batch
         self.requeue = requeue
         # Batches sent and not answered, oldest (running) first; at most PIPELINE_DEPTH.
@@ -340,7 +341,7 @@ class WorkerProcess:
     def _start_head(self, entry: _InFlight) -> None:
         """``entry`` is now the batch the worker runs: response_timeout counts from here."""
         entry.started = time.monotonic()
-        entry.timer = asyncio.get_running_loop().call_later(self.spec.response_timeout, self._on_timeout, entry)
+        entry.timer = self.loop.call_later(self.spec.response_timeout, self._on_timeout, entry)
 
     def _wake_progress(self) -> None:
         fut = self._progress
@@ -568,7 +569,7 @@ class _Slot:
     @staticmethod
     async def _await_progress(worker: WorkerProcess, queue: RequestQueue, room: bool) -> None:
         """Wait until a batch in flight ends or, with ``room``, work arrives that no idle worker takes."""
-        fut = worker._progress = asyncio.get_running_loop().create_future()
+        fut = worker._progress = worker.loop.create_future()
         if room:
             queue.add_spare(fut)
         try:

@@ -27,6 +27,7 @@ class InferenceService:
         self.registry = registry
         self.metrics = metrics
         self.started = False  # set once the startup models are loaded
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     def record_error(self, exc: ModelServeError) -> None:
         """Count an error answered to a client (adapters call this for errors raised before predict)."""
@@ -46,8 +47,11 @@ class InferenceService:
             now = time.monotonic()
             if timeout is None and mv.config.client_timeout_ms:
                 timeout = mv.config.client_timeout_ms / 1000.0
+            loop = self._loop
+            if loop is None or loop.is_closed():  # cached: on Python 3.11 get_running_loop() is a syscall
+                loop = self._loop = asyncio.get_running_loop()
             req = InferenceRequest(
-                request_id, params, headers, now, asyncio.get_running_loop().create_future(),
+                request_id, params, headers, now, loop.create_future(),
                 deadline=now + timeout if timeout else None, size=sum(len(p.data) for p in params),
             )
             mv.submit(req)

@@ -84,7 +84,7 @@ class FastPath:
 
 class FastHTTPProtocol(asyncio.Protocol):
     __slots__ = ("fp", "transport", "buf", "task", "remote", "last_active", "handed_over", "_paused",
-                 "_drain", "http10")
+                 "_drain", "http10", "loop")
 
     def __init__(self, fp: FastPath) -> None:
         self.fp = fp
@@ -97,6 +97,8 @@ class FastHTTPProtocol(asyncio.Protocol):
         self._paused = False
         self._drain: Optional[asyncio.Future] = None
         self.http10 = False
+        # Kept: on Python 3.11 every asyncio.get_running_loop() is a getpid() system call.
+        self.loop = asyncio.get_running_loop()
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -104,7 +106,7 @@ class FastHTTPProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, (tuple, list)) and peer:
             self.remote = str(peer[0])
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self.loop.time()
         self.fp.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -123,7 +125,7 @@ class FastHTTPProtocol(asyncio.Protocol):
             self._drain.set_result(None)
 
     def pause_writing(self) -> None:
-        self._drain = asyncio.get_running_loop().create_future()
+        self._drain = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self._drain is not None and not self._drain.done():
@@ -158,7 +160,7 @@ class FastHTTPProtocol(asyncio.Protocol):
         body = bytes(buf[end + 4:total])
         del buf[:total]
         self.http10 = version == "1.0"
-        self.task = asyncio.get_running_loop().create_task(self._serve(
+        self.task = self.loop.create_task(self._serve(
             method, target, version, headers, body, ctype, keep_alive, auth, names))
 
     def _hand_over(self) -> None:
@@ -180,7 +182,7 @@ class FastHTTPProtocol(asyncio.Protocol):
 
     async def _serve(self, method: str, target: str, version: str, headers: list[str], body: bytes,
                      ctype: str, keep_alive: bool, auth: Optional[str], names: list[str]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         t0 = loop.time()
         rid = new_request_id()
         service = self.fp.service
