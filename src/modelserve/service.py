@@ -35,16 +35,16 @@ class InferenceService:
         if exc.reject_reason is not None:
             self.metrics.reject(exc.reject_reason)
 
-    async def predict(self, model: str, version: Optional[str], params: list[Param], headers: list[str],
-                      request_id: str, timeout: Optional[float] = None) -> Union[Result, asyncio.Queue]:
-        """Queue one request and wait for its answer.
+    def submit(self, model: str, version: Optional[str], params: list[Param], headers: list[str],
+               request_id: str, timeout: Optional[float] = None) -> tuple[ModelVersion, InferenceRequest]:
+        """Queue one request; its future resolves to the answer (see ``outcome``).
 
-        Returns the final ``Result``, or a queue of streamed Results (the last one ``final``, or an
-        exception) when the handler streams.
+        Raises (and counts) ``ModelServeError`` when the request cannot be queued.
         """
+        mv: Optional[ModelVersion] = None
+        now = time.monotonic()
         try:
             mv = self.registry.get(model, version)
-            now = time.monotonic()
             if timeout is None and mv.config.client_timeout_ms:
                 timeout = mv.config.client_timeout_ms / 1000.0
             loop = self._loop
@@ -55,19 +55,50 @@ class InferenceService:
                 deadline=now + timeout if timeout else None, size=sum(len(p.data) for p in params),
             )
             mv.submit(req)
-            answer = await req.future
         except ModelServeError as exc:
-            self.record_error(exc)
-            if exc.reject_reason is None and exc.status != 404:
-                mv.stats.observe_request(False, time.monotonic() - now)
+            self._failed(mv, exc, now)
             raise
-        except asyncio.CancelledError:
-            if not mv.queue.discard(req):
-                mv.pool.cancel(req)  # sent to a worker: it skips the request unless already running it
-            raise
-        mv.stats.observe_request(True, time.monotonic() - now)
+        return mv, req
+
+    def outcome(self, mv: ModelVersion, req: InferenceRequest) -> Union[Result, asyncio.Queue]:
+        """The answer of a submitted request whose future is done; raises (and counts) its error."""
+        exc = req.future.exception()  # raises CancelledError if it was cancelled
+        if exc is not None:
+            if isinstance(exc, ModelServeError):
+                self._failed(mv, exc, req.arrival)
+            raise exc
+        answer = req.future.result()
+        mv.stats.observe_request(True, time.monotonic() - req.arrival)
         self.metrics.count_status(answer.status if isinstance(answer, Result) else 200)
         return answer
+
+    @staticmethod
+    def abandon(mv: ModelVersion, req: InferenceRequest) -> None:
+        """The client went away: drop the request from the queue, or tell its worker to skip it."""
+        if not mv.queue.discard(req):
+            mv.pool.cancel(req)  # sent to a worker: it skips the request unless already running it
+
+    def _failed(self, mv: Optional[ModelVersion], exc: ModelServeError, since: float) -> None:
+        self.record_error(exc)
+        if mv is not None and exc.reject_reason is None and exc.status != 404:
+            mv.stats.observe_request(False, time.monotonic() - since)
+
+    async def predict(self, model: str, version: Optional[str], params: list[Param], headers: list[str],
+                      request_id: str, timeout: Optional[float] = None) -> Union[Result, asyncio.Queue]:
+        """Queue one request and wait for its answer.
+
+        Returns the final ``Result``, or a queue of streamed Results (the last one ``final``, or an
+        exception) when the handler streams.
+        """
+        mv, req = self.submit(model, version, params, headers, request_id, timeout)
+        try:
+            await req.future
+        except asyncio.CancelledError:
+            self.abandon(mv, req)
+            raise
+        except Exception:  # noqa: BLE001 - outcome() counts and raises it
+            pass
+        return self.outcome(mv, req)
 
     def healthy(self) -> bool:
         return self.started and all(mv.healthy for mv in self.registry.all_versions())

@@ -75,22 +75,32 @@ class FastPath:
         for conn in list(self.connections):
             if conn.task is None:
                 conn.close()
-        tasks = [c.task for c in self.connections if c.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            busy = [c.task for c in self.connections if c.task is not None]
+            remaining = deadline - loop.time()
+            if not busy or remaining <= 0:
+                break
+            if all(t.done() for t in busy):
+                await asyncio.sleep(0.001)  # their answer callbacks are about to run
+            else:
+                await asyncio.wait(busy, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         for conn in list(self.connections):
             conn.close()
 
 
 class FastHTTPProtocol(asyncio.Protocol):
     __slots__ = ("fp", "transport", "buf", "task", "remote", "last_active", "handed_over", "_paused",
-                 "_drain", "http10", "loop")
+                 "_drain", "http10", "loop", "_current")
 
     def __init__(self, fp: FastPath) -> None:
         self.fp = fp
         self.transport: Optional[asyncio.Transport] = None
         self.buf = bytearray()
-        self.task: Optional[asyncio.Task] = None
+        # The request being answered: its future, or the task streaming its answer.
+        self.task: Optional[asyncio.Future] = None
+        self._current: Optional[tuple[Any, ...]] = None
         self.remote = "-"
         self.last_active = 0.0
         self.handed_over = False
@@ -120,7 +130,7 @@ class FastHTTPProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.fp.connections.discard(self)
         if self.task is not None:
-            self.task.cancel()  # the client went away: its request leaves the queue
+            self.task.cancel()  # the client went away: its request leaves the queue (see _answered)
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -139,20 +149,27 @@ class FastHTTPProtocol(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------------------------
     def _next(self) -> None:
         """Start on the next whole request in the buffer, or hand the connection over."""
+        if self.task is not None or self.handed_over:
+            return
         buf = self.buf
         end = buf.find(b"\r\n\r\n", 0, MAX_HEAD)
         if end < 0:
             if len(buf) >= MAX_HEAD or (buf and not buf[:1].isalpha()):
                 self._hand_over()
             return
-        parsed = _parse_head(bytes(buf[:end]))
+        head = bytes(buf[:end])
+        parsed = _HEADS.get(head)  # load generators and most clients repeat one head verbatim
         if parsed is None:
-            self._hand_over()
-            return
-        method, target, version, headers, length, ctype, keep_alive, auth = parsed
-        names = target.partition("?")[0][len("/predictions/"):].split("/")
-        if len(names) > 2 or not all(names) or length > self.fp.max_request_size:
-            self._hand_over()  # not a predictions route; or too large: aiohttp answers the 413
+            parsed = _parse_head(head)
+            if parsed is None:
+                self._hand_over()
+                return
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[head] = parsed
+        method, target, version, headers, length, ctype, keep_alive, auth, names = parsed
+        if length > self.fp.max_request_size:
+            self._hand_over()  # aiohttp answers the 413
             return
         total = end + 4 + length
         if len(buf) < total:
@@ -160,8 +177,7 @@ class FastHTTPProtocol(asyncio.Protocol):
         body = bytes(buf[end + 4:total])
         del buf[:total]
         self.http10 = version == "1.0"
-        self.task = self.loop.create_task(self._serve(
-            method, target, version, headers, body, ctype, keep_alive, auth, names))
+        self._start(method, target, version, headers, body, ctype, keep_alive, auth, names)
 
     def _hand_over(self) -> None:
         """aiohttp takes the connection from here on, starting with the bytes not yet consumed."""
@@ -180,41 +196,87 @@ class FastHTTPProtocol(asyncio.Protocol):
         if data:
             proto.data_received(data)
 
-    async def _serve(self, method: str, target: str, version: str, headers: list[str], body: bytes,
-                     ctype: str, keep_alive: bool, auth: Optional[str], names: list[str]) -> None:
-        loop = self.loop
-        t0 = loop.time()
+    def _start(self, method: str, target: str, version: str, headers: list[str], body: bytes,
+               ctype: str, keep_alive: bool, auth: Optional[str], names: list[str]) -> None:
+        """Queue the request; ``_answered`` writes the answer when its future resolves.
+
+        A callback per request instead of a task: no coroutine, no task bookkeeping, no extra
+        event-loop step between the worker's result and the response write.
+        """
+        t0 = time.monotonic()  # not loop.time(): uvloop's clock moves in whole milliseconds
         rid = new_request_id()
         service = self.fp.service
-        status = 500
         try:
-            try:
-                if self.fp.auth is not None:
-                    try:
-                        self.fp.auth.check("inference", auth)
-                    except ModelServeError as exc:
-                        service.record_error(exc)
-                        raise
-                answer = await service.predict(names[0], names[1] if len(names) > 1 else None,
-                                               body_params(ctype, body), headers, rid)
-            except ModelServeError as exc:
-                status = exc.status
-                self._write_error(exc, rid, keep_alive)
-            else:
-                if isinstance(answer, Result):
-                    status = answer.status
-                    self._write(answer.status, answer.content_type, answer.body, rid, answer.headers, keep_alive)
-                else:
-                    status = await self._stream(answer, rid, keep_alive)
-        except asyncio.CancelledError:
-            self.task = None
+            if self.fp.auth is not None:
+                try:
+                    self.fp.auth.check("inference", auth)
+                except ModelServeError as exc:
+                    service.record_error(exc)
+                    raise
+            mv, req = service.submit(names[0], names[1] if len(names) > 1 else None,
+                                     body_params(ctype, body), headers, rid)
+        except ModelServeError as exc:
+            self._write_error(exc, rid, keep_alive)
+            self._finish(exc.status, method, target, version, t0, keep_alive)
             return
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged, the connection lives on
             log.exception("inference request %s failed", rid)
             self._write_error(InternalError(f"{type(exc).__name__}: {exc}"), rid, keep_alive)
+            self._finish(500, method, target, version, t0, keep_alive)
+            return
+        self.task = req.future
+        self._current = (mv, req, method, target, version, t0, keep_alive)
+        req.future.add_done_callback(self._answered)
+
+    def _answered(self, fut: asyncio.Future) -> None:
+        current, self._current = self._current, None
+        if current is None or fut is not self.task:
+            return
+        mv, req, method, target, version, t0, keep_alive = current
+        service = self.fp.service
+        if fut.cancelled():  # connection_lost: the client is gone
+            self.task = None
+            service.abandon(mv, req)
+            return
+        rid = req.request_id
+        try:
+            try:
+                answer = service.outcome(mv, req)
+            except ModelServeError as exc:
+                status = exc.status
+                self._write_error(exc, rid, keep_alive)
+            else:
+                if not isinstance(answer, Result):
+                    self.task = self.loop.create_task(self._streamed(answer, rid, method, target, version, t0,
+                                                                     keep_alive))
+                    return
+                status = answer.status
+                self._write(answer.status, answer.content_type, answer.body, rid, answer.headers, keep_alive)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("inference request %s failed", rid)
+            status = 500
+            self._write_error(InternalError(f"{type(exc).__name__}: {exc}"), rid, keep_alive)
+        self._finish(status, method, target, version, t0, keep_alive)
+
+    async def _streamed(self, chunks: asyncio.Queue, rid: str, method: str, target: str, version: str,
+                        t0: float, keep_alive: bool) -> None:
+        try:
+            status = await self._stream(chunks, rid, keep_alive)
+        except asyncio.CancelledError:
+            self.task = None
+            return
+        except Exception:  # noqa: BLE001
+            log.exception("inference request %s failed while streaming", rid)
+            status = 500
+            self.close()  # the head is out: the connection cannot carry a clean error any more
+        self._finish(status, method, target, version, t0, keep_alive)
+
+    def _finish(self, status: int, method: str, target: str, version: str, t0: float, keep_alive: bool) -> None:
+        """The answer is written: log it, then close, or go on to the next request."""
+        loop = self.loop
         out = access_log()
         if out is not None:
-            out.line(self.remote, f"{method} {target} HTTP/{version}", status, (loop.time() - t0) * 1000)
+            out.line(self.remote, f"{method} {target} HTTP/{version}", status, (time.monotonic() - t0) * 1000)
         self.task = None
         self.last_active = loop.time()
         if not keep_alive or self.fp.closing:
@@ -223,7 +285,7 @@ class FastHTTPProtocol(asyncio.Protocol):
             if self._paused:
                 self._paused = False
                 self.transport.resume_reading()  # type: ignore[union-attr]
-            self._next()
+            loop.call_soon(self._next)  # not recursively: a pipelined run of errors would nest deeply
 
     # -- answers -------------------------------------------------------------------------------------
     def _head(self, status: int, ctype: str, rid: str, extra: Optional[dict[str, str]], keep_alive: bool,
@@ -281,10 +343,17 @@ class FastHTTPProtocol(asyncio.Protocol):
         return first.status
 
 
-def _parse_head(head: bytes) -> Optional[tuple[str, str, str, list[str], int, str, bool, Optional[str]]]:
+Head = tuple[str, str, str, list[str], int, str, bool, Optional[str], list[str]]
+_HEADS: dict[bytes, Head] = {}  # parsed heads by their bytes; the values are shared: never mutate them
+_HEADS_MAX = 256
+
+
+def _parse_head(head: bytes) -> Optional[Head]:
     """The request line and headers of a request this protocol serves itself, or None to hand it over.
 
     Anything it does not serve, or that is not plainly well formed, goes to aiohttp's strict parser.
+    Returns method, target, version, headers (flat, names lower-cased), Content-Length, Content-Type,
+    keep-alive, Authorization and the route's [model] or [model, version].
     """
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
@@ -299,6 +368,9 @@ def _parse_head(head: bytes) -> Optional[tuple[str, str, str, list[str], int, st
         target = raw_target.decode("ascii")
     except UnicodeDecodeError:
         return None
+    names = target.partition("?")[0][len("/predictions/"):].split("/")
+    if len(names) > 2 or not all(names):
+        return None  # not a predictions route
     headers: list[str] = []
     length = 0
     seen_length = False
@@ -331,7 +403,7 @@ def _parse_head(head: bytes) -> Optional[tuple[str, str, str, list[str], int, st
         headers.append(lname.decode("ascii"))
         headers.append(text)
     keep_alive = ("close" not in conn) if version == "1.1" else ("keep-alive" in conn)
-    return method, target, version, headers, length, ctype, keep_alive, auth
+    return method, target, version, headers, length, ctype, keep_alive, auth, names
 
 
 def _extra_headers(ctype: str, extra: dict[str, str]) -> tuple[str, bytes]:
