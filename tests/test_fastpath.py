@@ -164,6 +164,23 @@ def test_pipelined_and_split_requests(servers):
         assert json.loads(_read_response(f)[2]) == {"status": "Healthy"}
 
 
+def test_a_long_pipelined_run_of_errors_and_answers(servers):
+    """Errors answered at once and answers from a worker, pipelined in one write, come back in order."""
+    port = _port(servers["fast"])
+    n = 400  # answered without the worker: handled one after the other, never by nested calls
+    raw = b"".join(_post("/predictions/missing", b"x") for _ in range(n))
+    raw += _post("/predictions/echo", b"e1") + _post("/predictions/missing", b"y") + _post("/predictions/echo", b"e2")
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        f = s.makefile("rb")
+        s.sendall(raw)
+        statuses = [_read_response(f)[0] for _ in range(n)]
+        assert statuses == [404] * n
+        first, missing, second = (_read_response(f) for _ in range(3))
+    assert (first[0], json.loads(first[2])["echo"]) == (200, "e1")
+    assert missing[0] == 404 and json.loads(missing[2])["type"] == "ModelNotFoundException"
+    assert (second[0], json.loads(second[2])["echo"]) == (200, "e2")
+
+
 def test_unusual_requests_go_to_aiohttp_and_are_answered(servers):
     port = _port(servers["fast"])
 
