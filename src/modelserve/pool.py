@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import orjson
 
 from .batching import RequestQueue
-from .errors import (QUEUE_TIMEOUT_MESSAGE, GatewayTimeoutError, ModelLoadError, ModelServeError,
+from .errors import (GatewayTimeoutError, ModelLoadError, ModelServeError,
                      ServiceUnavailableError, WorkerError, error_for_status)
 from .log import MODEL_LOGGER, get_logger
 from .spawn import output_lines, spawn_worker
@@ -307,13 +307,14 @@ class WorkerProcess:
         if records and self.on_metrics is not None:
             self.on_metrics(records)
         blobs = split_blobs(header, payload)
-        for req, (status, ct, hdrs, msg), blob in zip(entry.reqs, header["r"], blobs):
+        expired = header.get("x") or ()  # expired in the worker's socket: the handler never ran them
+        for i, (req, (status, ct, hdrs, msg), blob) in enumerate(zip(entry.reqs, header["r"], blobs)):
             if status >= 400:
                 if req.future.done() and req.stream is None:
                     continue  # cancelled: its client is gone
                 error = error_for_status(status, msg or "request failed")
-                if status == 504 and msg == QUEUE_TIMEOUT_MESSAGE:
-                    error.reject_reason = "timeout"  # expired in the socket: the worker did not run it
+                if i in expired:
+                    error.reject_reason = "timeout"
                 _deliver(req, error)
             else:
                 _deliver(req, Result(status, ct, bytes(blob), hdrs))

@@ -166,6 +166,7 @@ class Worker:
         pos = 0
         now = time.monotonic()  # CLOCK_MONOTONIC: system-wide, so the frontend's deadlines compare
         cancelled = self._cancelled
+        expired: list[int] = []  # positions answered 504 unrun: the frontend counts them as timeouts
         for i, (rid, params, hdrs, deadline) in enumerate(reqs):
             if cancelled and rid in cancelled:  # the frontend ignores these answers: the client is gone
                 cancelled.discard(rid)
@@ -175,6 +176,7 @@ class Worker:
             if deadline is not None and now > deadline:
                 pos += len(params)
                 results[i] = [504, "", None, QUEUE_TIMEOUT_MESSAGE]
+                expired.append(i)
                 continue
             item: dict[str, Any] = {}
             try:
@@ -195,6 +197,8 @@ class Worker:
             self._run_handler(data, ids, headers, index, results, bodies)
         records = self.metrics.drain()
         out: dict[str, Any] = {"id": self._batch_id, "r": results}
+        if expired:
+            out["x"] = expired
         if records:
             out["m"] = records
         return encode(Kind.RESULT, out, bodies)
