@@ -5,7 +5,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from .errors import BadRequestError, InternalError, ModelServeError
 from .metrics import ServerMetrics
@@ -35,7 +35,7 @@ class InferenceService:
         if exc.reject_reason is not None:
             self.metrics.reject(exc.reject_reason)
 
-    def submit(self, model: str, version: Optional[str], params: list[Param], headers: list[str],
+    def submit(self, model: str, version: Optional[str], params: list[Param], headers: Sequence[str],
                request_id: str, timeout: Optional[float] = None) -> tuple[ModelVersion, InferenceRequest]:
         """Queue one request; its future resolves to the answer (see ``outcome``).
 
@@ -83,7 +83,7 @@ class InferenceService:
         if mv is not None and exc.reject_reason is None and exc.status != 404:
             mv.stats.observe_request(False, time.monotonic() - since)
 
-    async def predict(self, model: str, version: Optional[str], params: list[Param], headers: list[str],
+    async def predict(self, model: str, version: Optional[str], params: list[Param], headers: Sequence[str],
                       request_id: str, timeout: Optional[float] = None) -> Union[Result, asyncio.Queue]:
         """Queue one request and wait for its answer.
 

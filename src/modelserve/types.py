@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 
 @dataclass(slots=True)
@@ -33,7 +33,7 @@ class InferenceRequest:
 
     request_id: str
     params: list[Param]
-    headers: list[str]  # flat [name, value, ...], names lower-cased
+    headers: Sequence[str]  # flat [name, value, ...], names lower-cased
     arrival: float
     future: asyncio.Future
     deadline: Optional[float] = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from http import HTTPStatus
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import orjson
 
@@ -196,7 +196,7 @@ class FastHTTPProtocol(asyncio.Protocol):
         if data:
             proto.data_received(data)
 
-    def _start(self, method: str, target: str, version: str, headers: list[str], body: bytes,
+    def _start(self, method: str, target: str, version: str, headers: Sequence[str], body: bytes,
                ctype: str, keep_alive: bool, auth: Optional[str], names: list[str]) -> None:
         """Queue the request; ``_answered`` writes the answer when its future resolves.
 
@@ -343,8 +343,8 @@ class FastHTTPProtocol(asyncio.Protocol):
         return first.status
 
 
-Head = tuple[str, str, str, list[str], int, str, bool, Optional[str], list[str]]
-_HEADS: dict[bytes, Head] = {}  # parsed heads by their bytes; the values are shared: never mutate them
+Head = tuple[str, str, str, tuple[str, ...], int, str, bool, Optional[str], list[str]]
+_HEADS: dict[bytes, Head] = {}  # parsed heads by their bytes, shared by the requests that repeat them
 _HEADS_MAX = 256
 
 
@@ -403,7 +403,7 @@ def _parse_head(head: bytes) -> Optional[Head]:
         headers.append(lname.decode("ascii"))
         headers.append(text)
     keep_alive = ("close" not in conn) if version == "1.1" else ("keep-alive" in conn)
-    return method, target, version, headers, length, ctype, keep_alive, auth, names
+    return method, target, version, tuple(headers), length, ctype, keep_alive, auth, names
 
 
 def _extra_headers(ctype: str, extra: dict[str, str]) -> tuple[str, bytes]:
