@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,8 +20,39 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_ISSUED: set[int] = set()
+_RANDOM = random.Random(os.urandom(16))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now, chosen outside the kernel's ephemeral range.
+
+    A port from ``bind(0)`` comes from that range, so between this call and the server's bind an
+    outgoing connection (this process's own ``/ping`` polls included) could take it as its source
+    port. Outside the range only an explicit bind can, and no port is handed out twice.
+    """
+    low, high = _ephemeral_range()
+    lo, hi = (10000, low - 1) if low > 12000 else (high + 1, 65535)
+    for _ in range(500):
+        port = _RANDOM.randint(lo, hi)
+        if port in _ISSUED:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ISSUED.add(port)
+        return port
+    with socket.socket() as s:  # the range is crowded: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
