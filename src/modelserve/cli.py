@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import subprocess
@@ -13,7 +12,6 @@ from typing import Any, Optional, Sequence
 
 from . import __version__
 from .config import ServerConfig, load_server_config
-from .envconfig import env_report
 from .errors import ConfigError, ModelServeError
 from .log import get_logger, setup_logging
 
@@ -51,6 +49,8 @@ def _config(args: argparse.Namespace) -> tuple[ServerConfig, tuple[str, ...], tu
         overrides["disable_token_auth"] = True
     if args.enable_model_api:
         overrides["enable_model_api"] = True
+    from .envconfig import env_report  # imports urllib.request: not before the template is launched
+
     loaded = load_server_config(args.ts_config, overrides)
     from_env = tuple(k for k in loaded.from_env if not (k == "load_models" and args.models))  # --models wins
     return loaded.config, loaded.unknown, loaded.ignored, env_report(from_env, loaded.unknown_env)
@@ -82,25 +82,51 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.ready_fd is None and _running_pid() is not None:
         print("modelserve is already running; stop it first with: modelserve --stop", file=sys.stderr)
         return 1
+    early = _launch_template() if args.start and (args.foreground or args.ready_fd is not None) else None
     try:
         config, unknown, ignored, env_lines = _config(args)
     except ConfigError as exc:
+        _drop_template(early)
         print(f"modelserve: {exc}", file=sys.stderr)
         return 2
     if args.foreground or args.ready_fd is not None:
-        return run_foreground(args, config, unknown, ignored, env_lines)
+        return run_foreground(args, config, unknown, ignored, env_lines, early)
     return start_daemon(argv if argv is not None else sys.argv[1:], config)
+
+
+def _launch_template() -> Optional[tuple[subprocess.Popen, Any]]:
+    """Launch the worker template first thing: its ``import torch``, the longest step of a cold start,
+    then runs while this process reads its config and imports the frontend. It is dropped if the
+    config turns the template off."""
+    from .worker.template import launch
+
+    try:
+        return launch()
+    except OSError:
+        return None  # start_template tries again, and reports why
+
+
+def _drop_template(launched: Optional[tuple[subprocess.Popen, Any]]) -> None:
+    if launched is not None:
+        from .worker.template import discard
+
+        discard(launched)
 
 
 # -- foreground: the server process itself -----------------------------------------------------------
 
 def run_foreground(args: argparse.Namespace, config: ServerConfig, unknown: tuple[str, ...],
-                   ignored: tuple[str, ...], env_lines: Sequence[tuple[int, str]] = ()) -> int:
+                   ignored: tuple[str, ...], env_lines: Sequence[tuple[int, str]] = (),
+                   launched: Optional[tuple[subprocess.Popen, Any]] = None) -> int:
     from . import spawn
 
     # First thing: the worker template imports torch while this process imports the frontend (the
     # heavy part, aiohttp/grpc/prometheus, comes with .server in _serve); workers are then forks of it.
-    template_error = spawn.start_template() if config.worker_template else None
+    if config.worker_template:
+        template_error = spawn.start_template(launched)
+    else:
+        template_error = None
+        _drop_template(launched)
     try:
         return _run_foreground(args, config, unknown, ignored, env_lines, template_error)
     finally:
@@ -121,6 +147,8 @@ def _run_foreground(args: argparse.Namespace, config: ServerConfig, unknown: tup
         log.log(level, "%s", line)
     if template_error:
         log.warning("the worker template did not start (%s); workers start as new processes", template_error)
+    import asyncio
+
     if config.use_uvloop:
         try:
             import uvloop
@@ -150,6 +178,8 @@ def _report(ready: Any, ok: bool, text: str) -> None:
 
 
 async def _serve(args: argparse.Namespace, config: ServerConfig, ready: Any) -> int:
+    import asyncio
+
     from .server import ModelServer, parse_model_args
 
     log = get_logger()

@@ -28,7 +28,7 @@ from typing import Any, AsyncIterator, Optional
 import orjson
 
 from .log import MODEL_LOGGER, get_logger
-from .worker.template import CONTROL_FD_ENV, MAX_MESSAGE, PARENT_ENV
+from .worker.template import discard, launch
 
 log = get_logger()
 model_log = logging.getLogger(MODEL_LOGGER)
@@ -122,28 +122,11 @@ class WorkerTemplate:
     def pid(self) -> Optional[int]:
         return self.proc.pid if self.proc is not None else None
 
-    def start(self) -> None:
-        """Start the template process (it imports while the caller goes on); raise OSError if it cannot."""
+    def start(self, launched: Optional[tuple[subprocess.Popen, socket.socket]] = None) -> None:
+        """Start the template process (it imports while the caller goes on), or adopt one ``launch()``
+        started; raise OSError if it cannot start."""
         self.starts += 1
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ)
-        env[CONTROL_FD_ENV] = str(theirs.fileno())
-        env[PARENT_ENV] = str(os.getpid())
-        try:
-            # Popen from the main thread: PR_SET_PDEATHSIG fires when the thread that forked exits
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "modelserve.worker.template"], pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/", env=env)
-        except OSError:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        try:
-            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
-        except OSError:
-            pass
-        self.sock = ours
+        self.proc, self.sock = launched if launched is not None else launch()
         self.env = dict(os.environ)
         self._loop = None
 
@@ -347,14 +330,17 @@ class WorkerTemplate:
 _template: Optional[WorkerTemplate] = None
 
 
-def start_template() -> Optional[str]:
-    """Start the worker template for this process's workers; return why it could not start, if so."""
+def start_template(launched: Optional[tuple[subprocess.Popen, socket.socket]] = None) -> Optional[str]:
+    """Start the worker template for this process's workers (or adopt the one ``launched`` already);
+    return why it could not start, if so."""
     global _template
     if _template is not None and _template.alive:
+        if launched is not None:
+            discard(launched)
         return None
     _template = WorkerTemplate()
     try:
-        _template.start()
+        _template.start(launched)
     except OSError as exc:
         return str(exc)
     return None

@@ -30,6 +30,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -44,6 +45,42 @@ MAX_MESSAGE = 1024 * 1024
 # What a spawned worker imports anyway; importing it here is what makes a forked worker start fast.
 PRELOAD = ("torch", "numpy", "modelserve.worker.main", "modelserve.worker.codec", "modelserve.worker.tensors",
            "modelserve.worker.loader", "modelserve.worker.metrics")
+
+
+def launch() -> tuple[subprocess.Popen, socket.socket]:
+    """Start a template process (the frontend's side): the process and our end of its control socket.
+
+    Light to import on purpose: the CLI calls it before it imports asyncio and its own config code.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = dict(os.environ)
+    env[CONTROL_FD_ENV] = str(theirs.fileno())
+    env[PARENT_ENV] = str(os.getpid())
+    try:
+        # Popen from the main thread: PR_SET_PDEATHSIG fires when the thread that forked exits
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelserve.worker.template"], pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/", env=env)
+    except OSError:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    try:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
+    except OSError:
+        pass
+    return proc, ours
+
+
+def discard(launched: tuple[subprocess.Popen, socket.socket]) -> None:
+    """Stop a template that was launched but will not be used."""
+    proc, sock = launched
+    sock.close()
+    proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _die_with_parent() -> None:
