@@ -8,8 +8,10 @@ from modelserve.batching import RequestQueue
 from modelserve.types import InferenceRequest
 
 
-def _maker(loop: asyncio.AbstractEventLoop) -> Callable[[int], InferenceRequest]:
-    return lambda n: InferenceRequest(f"r{n}", [], [], 0.0, loop.create_future())
+def _queue() -> tuple[RequestQueue, Callable[[int], InferenceRequest]]:
+    """A queue, and a maker of requests ``r<n>`` for it (call inside the running loop)."""
+    loop = asyncio.get_running_loop()
+    return RequestQueue(100), lambda n: InferenceRequest(f"r{n}", [], [], 0.0, loop.create_future())
 
 
 async def _settle() -> None:
@@ -19,8 +21,7 @@ async def _settle() -> None:
 
 def test_the_oldest_batch_fills_before_an_idle_worker_starts_another():
     async def main() -> None:
-        q = RequestQueue(100)
-        req = _maker(asyncio.get_running_loop())
+        q, req = _queue()
         a = asyncio.ensure_future(q.get_batch(4, 10.0))
         b = asyncio.ensure_future(q.get_batch(4, 10.0))
         await _settle()
@@ -37,8 +38,7 @@ def test_the_oldest_batch_fills_before_an_idle_worker_starts_another():
 
 def test_a_collecting_batch_is_woken_once_when_it_can_fill():
     async def main() -> None:
-        q = RequestQueue(100)
-        req = _maker(asyncio.get_running_loop())
+        q, req = _queue()
         a = asyncio.ensure_future(q.get_batch(4, 10.0))
         await _settle()
         q.put(req(0))
@@ -60,8 +60,7 @@ def test_a_collecting_batch_is_woken_once_when_it_can_fill():
 
 def test_a_batch_that_cannot_fill_leaves_when_its_delay_runs_out():
     async def main() -> None:
-        q = RequestQueue(100)
-        req = _maker(asyncio.get_running_loop())
+        q, req = _queue()
         a = asyncio.ensure_future(q.get_batch(4, 0.05))
         idle = asyncio.ensure_future(q.get_batch(4, 10.0))
         await _settle()
@@ -83,8 +82,7 @@ def test_a_batch_that_cannot_fill_leaves_when_its_delay_runs_out():
 def test_requests_beyond_what_the_collecting_batch_needs_go_to_an_idle_worker_then_a_spare():
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        q = RequestQueue(100)
-        req = _maker(loop)
+        q, req = _queue()
         a = asyncio.ensure_future(q.get_batch(2, 10.0))
         b = asyncio.ensure_future(q.get_batch(2, 10.0))
         await _settle()
